@@ -1,0 +1,211 @@
+package fsm
+
+import (
+	"context"
+	"math/bits"
+	"sort"
+)
+
+// The read side: copies of state, safe to keep after the lock is released.
+
+// MemberInfo is a member as the replicated state knows it.
+type MemberInfo struct {
+	ID, HTTPAddr, RaftAddr string
+	Alive                  bool
+}
+
+// PeerInfo is a peer and the tasks it takes part in (sorted).
+type PeerInfo struct {
+	ID, IP, Hostname string
+	Port             uint16
+	RegisteredAt     int64
+	Tasks            []string
+}
+
+// TaskInfo is a task's public state. Headers are included for the members' own use (the
+// owner sends them to the origin); the HTTP API never returns them.
+type TaskInfo struct {
+	ID, URL, Digest string
+	Headers         map[string]string
+	Filter          []string
+	CreatedAt       int64
+	AccessedAt      int64
+	Generation      uint64
+	Status          TaskStatus
+	PieceSize       int64
+	ContentLength   int64
+	PieceCount      int64
+	PiecesCached    int64 // pieces cached by at least one member
+	Peers           int64
+}
+
+// PreheatInfo is a preheat's state.
+type PreheatInfo struct {
+	ID, Kind, URL, Status, Error string
+	Headers                      map[string]string
+	CreatedAt                    int64
+}
+
+// AppliedIndex is the index of the last log entry applied.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// WaitApplied blocks until the FSM has applied index, or ctx ends (its error is returned).
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.mu.RLock()
+		applied, ch := f.applied, f.appliedCh
+		f.mu.RUnlock()
+		if applied >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Members returns every member, sorted by ID.
+func (f *FSM) Members() []MemberInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]MemberInfo, 0, len(f.s.members))
+	for _, m := range f.s.members {
+		out = append(out, MemberInfo{ID: m.id, HTTPAddr: m.httpAddr, RaftAddr: m.raftAddr, Alive: m.alive})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Member returns one member.
+func (f *FSM) Member(id string) (MemberInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m := f.s.members[id]
+	if m == nil {
+		return MemberInfo{}, false
+	}
+	return MemberInfo{ID: m.id, HTTPAddr: m.httpAddr, RaftAddr: m.raftAddr, Alive: m.alive}, true
+}
+
+// Peer returns one peer.
+func (f *FSM) Peer(id string) (PeerInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p := f.s.peers[id]
+	if p == nil {
+		return PeerInfo{}, false
+	}
+	return PeerInfo{ID: p.id, IP: p.ip, Hostname: p.hostname, Port: p.port,
+		RegisteredAt: p.registeredAt, Tasks: sortedKeys(p.tasks)}, true
+}
+
+// Task returns one task.
+func (f *FSM) Task(id string) (TaskInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[id]
+	if t == nil {
+		return TaskInfo{}, false
+	}
+	return TaskInfo{ID: t.id, URL: t.url, Digest: t.digest, Headers: cloneMap(t.headers),
+		Filter: append([]string(nil), t.filter...), CreatedAt: t.createdAt, AccessedAt: t.accessedAt,
+		Generation: t.generation, Status: t.status, PieceSize: t.pieceSize,
+		ContentLength: t.contentLength, PieceCount: t.pieceCount,
+		PiecesCached: int64(unionCount(t.cached)), Peers: int64(len(t.holders))}, true
+}
+
+// PieceDigest returns the SHA-256 of piece n of the task's current generation, if cached.
+func (f *FSM) PieceDigest(taskID string, n uint32) (digest [32]byte, generation uint64, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil || int(n) >= len(t.digests) || t.digests[n] == ([32]byte{}) {
+		return digest, 0, false
+	}
+	return t.digests[n], t.generation, true
+}
+
+// PeerHolds reports whether a peer holds piece n of a task.
+func (f *FSM) PeerHolds(taskID, peerID string, n uint32) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return false
+	}
+	b := t.holders[peerID]
+	return b != nil && b.has(n)
+}
+
+// HeldCount returns how many (peer, piece) pairs the piece map of a task records.
+func (f *FSM) HeldCount(taskID string) int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return 0
+	}
+	n := 0
+	for _, b := range t.holders {
+		if b != nil {
+			n += b.count
+		}
+	}
+	return n
+}
+
+// BadSources returns how many pieces peers reported bad per source, for a task.
+func (f *FSM) BadSources(taskID string) map[string]uint32 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return nil
+	}
+	return cloneMap(t.badSources)
+}
+
+// Preheat returns one preheat.
+func (f *FSM) Preheat(id string) (PreheatInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p := f.s.preheats[id]
+	if p == nil {
+		return PreheatInfo{}, false
+	}
+	return PreheatInfo{ID: p.id, Kind: p.kind, URL: p.url, Status: p.status, Error: p.err,
+		Headers: cloneMap(p.headers), CreatedAt: p.createdAt}, true
+}
+
+// Counts returns the number of members, peers, tasks and preheats.
+func (f *FSM) Counts() (members, peers, tasks, preheats int) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.s.members), len(f.s.peers), len(f.s.tasks), len(f.s.preheats)
+}
+
+func unionCount(m map[string]*bitset) int {
+	var words []uint64
+	for _, b := range m {
+		if b == nil {
+			continue
+		}
+		if len(b.words) > len(words) {
+			words = append(words, make([]uint64, len(b.words)-len(words))...)
+		}
+		for i, w := range b.words {
+			words[i] |= w
+		}
+	}
+	n := 0
+	for _, w := range words {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
