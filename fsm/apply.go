@@ -297,6 +297,11 @@ func (s *state) pieceReport(c PieceReport, now int64) Result {
 	if len(c.Spans) == 0 {
 		return invalid("no pieces")
 	}
+	for i, sp := range c.Spans { // sorted, disjoint, in bounds: what api.ParseRange makes
+		if sp.From > sp.To || sp.To > api.MaxPieceIndex || (i > 0 && sp.From <= c.Spans[i-1].To) {
+			return invalid("piece spans must be sorted, disjoint and at most %d", api.MaxPieceIndex)
+		}
+	}
 	if last := c.Spans[len(c.Spans)-1].To; t.pieceCount >= 0 && int64(last) >= t.pieceCount {
 		return invalid("piece %d is past the last piece (%d pieces)", last, t.pieceCount)
 	}

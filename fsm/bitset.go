@@ -20,9 +20,7 @@ func (b *bitset) has(i uint32) bool {
 func (b *bitset) set(i uint32) bool {
 	w := int(i / 64)
 	if w >= len(b.words) {
-		grown := make([]uint64, w+1, max(w+1, 2*len(b.words)))
-		copy(grown, b.words)
-		b.words = grown
+		b.grow(w + 1)
 	}
 	mask := uint64(1) << (i % 64)
 	if b.words[w]&mask != 0 {
@@ -33,8 +31,23 @@ func (b *bitset) set(i uint32) bool {
 	return true
 }
 
+// grow makes room for n words; spare capacity is used first (words past the length are
+// always zero), else the slice doubles, so setting bits in order costs amortized O(1).
+func (b *bitset) grow(n int) {
+	if n <= cap(b.words) {
+		b.words = b.words[:n]
+		return
+	}
+	grown := make([]uint64, n, max(n, 2*cap(b.words)))
+	copy(grown, b.words)
+	b.words = grown
+}
+
 // setRange sets bits from..to (inclusive) and returns how many were newly set.
 func (b *bitset) setRange(from, to uint32) int {
+	if n := int(to/64) + 1; n > len(b.words) {
+		b.grow(n)
+	}
 	added := 0
 	for i := from; ; i++ {
 		if b.set(i) {

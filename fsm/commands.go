@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/dfly-ha/dfha/sdk/api"
 )
@@ -219,15 +220,16 @@ var decoders = map[CommandType]func(d *decoder) Command{
 		c := PieceReport{TaskID: d.str(), PeerID: d.str(), Source: d.str(), Generation: d.uvarint(), Success: d.bool()}
 		n := d.count(2)
 		c.Spans = make([]api.Span, 0, n)
-		prev := uint64(0)
-		for i := 0; i < n; i++ {
-			from := prev + d.uvarint()
-			to := from + d.uvarint()
-			if to > api.MaxPieceIndex {
-				d.fail("piece index")
+		prev := uint32(0)
+		for i := 0; i < n && d.err == nil; i++ { // the exact inverse of encode (uint32 arithmetic)
+			gap, length := d.uvarint(), d.uvarint()
+			if gap > math.MaxUint32 || length > math.MaxUint32 {
+				d.fail("piece span")
 				break
 			}
-			c.Spans = append(c.Spans, api.Span{From: uint32(from), To: uint32(to)})
+			from := prev + uint32(gap)
+			to := from + uint32(length)
+			c.Spans = append(c.Spans, api.Span{From: from, To: to})
 			prev = to
 		}
 		return c
