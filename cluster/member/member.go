@@ -1,0 +1,280 @@
+// Package member assembles one supernode member: its persisted identity, the Raft node
+// (cluster), the HTTP API (httpapi), joining an existing cluster, and an orderly or abrupt
+// stop. cmd/supernode and the test cluster start members through it, the same way.
+package member
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/dfly-ha/dfha/cluster"
+	"github.com/dfly-ha/dfha/cluster/httpapi"
+	"github.com/dfly-ha/dfha/scheduler"
+	"github.com/dfly-ha/dfha/sdk"
+	"github.com/dfly-ha/dfha/sdk/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+)
+
+// Errors of starting a member.
+var (
+	// ErrNoCluster: a new member was given neither Bootstrap nor Join.
+	ErrNoCluster = errors.New("a new member needs --bootstrap (first member) or --join (the others)")
+	// ErrBadAddress: an address cannot be listened on or advertised.
+	ErrBadAddress = errors.New("bad address")
+)
+
+// Config is a member's configuration, as cmd/supernode builds it from flags.
+type Config struct {
+	ID            string
+	DataDir       string
+	HTTPAddr      string // listen address of the API
+	RaftAddr      string // listen address of Raft
+	AdvertiseHTTP string // what other members and peers use ("" = HTTPAddr)
+	AdvertiseRaft string // what other members use ("" = RaftAddr)
+	Bootstrap     bool
+	Join          []string // HTTP addresses of existing members
+	Token         string
+
+	// Listeners already bound (tests keep ports across restarts); nil: listen on the addresses.
+	HTTPListener net.Listener
+	RaftListener net.Listener
+
+	// JoinTimeout bounds how long a new member keeps asking to be added (default 60s).
+	JoinTimeout time.Duration
+	// ShutdownTimeout bounds the orderly stop's wait for in-flight requests (default 10s).
+	ShutdownTimeout time.Duration
+
+	// Raft tuning, passed to cluster.Config (zero: its defaults).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	MemberDeadAfter    time.Duration
+	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
+	TrailingLogs       uint64
+
+	Logger *zap.Logger
+}
+
+func (c *Config) applyDefaults() {
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = 60 * time.Second
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Member is a running supernode member.
+type Member struct {
+	cfg      Config
+	ident    cluster.Identity
+	log      *zap.Logger
+	node     *cluster.Node
+	api      *httpapi.Server
+	httpLn   net.Listener
+	served   chan error
+	Registry *prometheus.Registry
+}
+
+// Start brings a member up. On a data dir that already holds an identity, the member comes
+// back as it was (ID and addresses from the data dir; Bootstrap and Join are ignored).
+func Start(cfg Config) (*Member, error) {
+	cfg.applyDefaults()
+	log := cfg.Logger
+	ident, existing, err := cluster.LoadIdentity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if existing {
+		if cfg.ID != "" && cfg.ID != ident.ID {
+			return nil, fmt.Errorf("data dir %s belongs to member %q, not %q", cfg.DataDir, ident.ID, cfg.ID)
+		}
+		if cfg.Bootstrap || len(cfg.Join) > 0 {
+			log.Info("data dir holds an existing member: --bootstrap/--join ignored", zap.String("id", ident.ID))
+		}
+		cfg.Bootstrap, cfg.Join = false, nil
+	} else {
+		if ident, err = newIdentity(cfg); err != nil {
+			return nil, err
+		}
+		if !cfg.Bootstrap && len(cfg.Join) == 0 {
+			return nil, ErrNoCluster
+		}
+	}
+	log = log.With(zap.String("member", ident.ID))
+	m := &Member{cfg: cfg, ident: ident, log: log, served: make(chan error, 1), Registry: prometheus.NewRegistry()}
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	m.httpLn = cfg.HTTPListener
+	if m.httpLn == nil {
+		if m.httpLn, err = net.Listen("tcp", ident.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("http listen on %s (is another member or program using it? choose --http-addr): %w", ident.HTTPAddr, err)
+		}
+	}
+	raftLn := cfg.RaftListener
+	if raftLn == nil {
+		if raftLn, err = net.Listen("tcp", ident.RaftAddr); err != nil {
+			m.httpLn.Close()
+			return nil, fmt.Errorf("raft listen on %s (is another member or program using it? choose --raft-addr): %w", ident.RaftAddr, err)
+		}
+	}
+	if !existing {
+		if err := cluster.SaveIdentity(cfg.DataDir, ident); err != nil {
+			m.httpLn.Close()
+			raftLn.Close()
+			return nil, err
+		}
+	}
+	m.node, err = cluster.Open(cluster.Config{
+		ID: ident.ID, DataDir: cfg.DataDir, RaftListener: raftLn,
+		RaftAdvertise: ident.AdvertiseRaft, HTTPAdvertise: ident.AdvertiseHTTP,
+		Bootstrap: cfg.Bootstrap, Token: cfg.Token,
+		HeartbeatTimeout: cfg.HeartbeatTimeout, ElectionTimeout: cfg.ElectionTimeout,
+		LeaderLeaseTimeout: cfg.LeaderLeaseTimeout, MemberDeadAfter: cfg.MemberDeadAfter,
+		SnapshotThreshold: cfg.SnapshotThreshold, SnapshotInterval: cfg.SnapshotInterval,
+		TrailingLogs: cfg.TrailingLogs,
+		Logger:       log, Registerer: m.Registry,
+	})
+	if err != nil {
+		m.httpLn.Close()
+		raftLn.Close()
+		return nil, err
+	}
+	m.api, err = httpapi.New(httpapi.Config{Store: m.node, Loads: scheduler.NewLoadTable(nil),
+		Token: cfg.Token, Logger: log, Registry: m.Registry})
+	if err != nil {
+		m.Kill()
+		return nil, err
+	}
+	go func() { m.served <- m.api.Serve(m.httpLn) }()
+	log.Info("member started", zap.String("http", ident.AdvertiseHTTP), zap.String("raft", ident.AdvertiseRaft),
+		zap.String("data_dir", cfg.DataDir), zap.Bool("restarted", existing))
+	if len(cfg.Join) > 0 {
+		if err := m.join(cfg.Join); err != nil {
+			m.Kill()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// newIdentity derives a new member's identity from its configuration.
+func newIdentity(cfg Config) (cluster.Identity, error) {
+	if !api.ValidID(cfg.ID) {
+		return cluster.Identity{}, fmt.Errorf("--id %q: %w", cfg.ID, api.ErrBadID)
+	}
+	id := cluster.Identity{ID: cfg.ID, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr,
+		AdvertiseHTTP: cfg.AdvertiseHTTP, AdvertiseRaft: cfg.AdvertiseRaft}
+	// Listeners handed in fix the addresses (tests bind port 0 first).
+	if cfg.HTTPListener != nil {
+		id.HTTPAddr = cfg.HTTPListener.Addr().String()
+	}
+	if cfg.RaftListener != nil {
+		id.RaftAddr = cfg.RaftListener.Addr().String()
+	}
+	var err error
+	if id.AdvertiseHTTP, err = advertise(id.AdvertiseHTTP, id.HTTPAddr, "http"); err != nil {
+		return id, err
+	}
+	if id.AdvertiseRaft, err = advertise(id.AdvertiseRaft, id.RaftAddr, "raft"); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// advertise returns the address to advertise: the given one, or the listen address when
+// that names a host others can dial.
+func advertise(adv, listen, what string) (string, error) {
+	if adv == "" {
+		adv = listen
+	}
+	host, port, err := net.SplitHostPort(adv)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s address %q: %v", ErrBadAddress, what, adv, err)
+	}
+	if port == "0" || port == "" {
+		return "", fmt.Errorf("%w: %s address %q needs a fixed port: Raft stores it", ErrBadAddress, what, adv)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return "", fmt.Errorf("%w: %s listens on %q, which other members cannot dial: set --advertise-%s HOST:PORT", ErrBadAddress, what, listen, what)
+	}
+	return adv, nil
+}
+
+// join asks the listed members to add this one, until one accepts or JoinTimeout passes.
+func (m *Member) join(addrs []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.JoinTimeout)
+	defer cancel()
+	client, err := sdk.New(sdk.Config{Endpoints: addrs, Token: m.cfg.Token, Logger: m.log})
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	req := api.JoinRequest{ID: m.ident.ID, HTTPAddr: m.ident.AdvertiseHTTP, RaftAddr: m.ident.AdvertiseRaft}
+	backoff := 200 * time.Millisecond
+	for {
+		err := client.Join(ctx, req)
+		if err == nil {
+			m.log.Info("joined the cluster", zap.Strings("via", addrs))
+			return nil
+		}
+		if errors.Is(err, sdk.ErrUnauthorized) || errors.Is(err, sdk.ErrConflict) || errors.Is(err, sdk.ErrBadRequest) {
+			return fmt.Errorf("join via %v refused: %w", addrs, err)
+		}
+		m.log.Warn("join failed, retrying", zap.Strings("via", addrs), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join via %v: gave up after %s: %w", addrs, m.cfg.JoinTimeout, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// ID returns the member ID.
+func (m *Member) ID() string { return m.ident.ID }
+
+// HTTPAddr returns the API address others use.
+func (m *Member) HTTPAddr() string { return m.ident.AdvertiseHTTP }
+
+// RaftAddr returns the Raft address others use.
+func (m *Member) RaftAddr() string { return m.ident.AdvertiseRaft }
+
+// Node returns the member's Raft node.
+func (m *Member) Node() *cluster.Node { return m.node }
+
+// Done is closed... it delivers the HTTP server's exit error (nil after Stop or Kill).
+func (m *Member) Done() <-chan error { return m.served }
+
+// Stop is the orderly stop (SIGTERM): stop accepting requests and finish those in flight,
+// hand leadership over if leader, shut Raft down. The member stays in the cluster.
+func (m *Member) Stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
+	defer cancel()
+	herr := m.api.Shutdown(ctx)
+	nerr := m.node.Shutdown(true)
+	m.log.Info("member stopped")
+	return errors.Join(herr, nerr)
+}
+
+// Kill stops the member abruptly, as a crash would as far as the others can tell: no
+// leadership hand-over, connections dropped.
+func (m *Member) Kill() {
+	if m.api != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = m.api.Shutdown(ctx)
+	}
+	m.httpLn.Close()
+	if m.node != nil {
+		_ = m.node.Shutdown(false)
+	}
+}
