@@ -266,6 +266,10 @@ func (c *Client) Leader() string {
 // wait for it (min_index).
 func (c *Client) LastIndex() uint64 { return c.lastIndex.Load() }
 
+// WaitFor makes this client's reads wait until members have applied index (never lowers
+// it). Pass another client's LastIndex to read what that client wrote.
+func (c *Client) WaitFor(index uint64) { c.raiseIndex(index) }
+
 // RegisterPeer registers a peer and returns its ID. When req.ID is empty the sdk picks one
 // (sanitized hostname + "-" + 16 random hex characters) before the first attempt, so that a
 // retried registration is idempotent.
@@ -833,6 +837,10 @@ func (c *Client) noteIndex(h []byte) {
 	if err != nil {
 		return
 	}
+	c.raiseIndex(n)
+}
+
+func (c *Client) raiseIndex(n uint64) {
 	for {
 		old := c.lastIndex.Load()
 		if n <= old || c.lastIndex.CompareAndSwap(old, n) {

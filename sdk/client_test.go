@@ -1079,3 +1079,17 @@ func TestPinnedClientIgnoresAdvertisedLeader(t *testing.T) {
 		t.Errorf("a pinned client discovered members: %v", got)
 	}
 }
+
+func TestWaitForCarriesAnotherClientsIndex(t *testing.T) {
+	m := newMember(t, basicHandler)
+	c := newClient(t, Config{Endpoints: []string{m.addr}, Pinned: true})
+	c.WaitFor(77)
+	c.WaitFor(5) // never lowers it
+	if _, err := c.GetTask(testCtx(t), testTaskID); err != nil {
+		t.Fatal(err)
+	}
+	reads := m.requests(http.MethodGet, "/tasks/")
+	if len(reads) != 1 || reads[0].Query != "min_index=77" {
+		t.Fatalf("read carried %+v, want min_index=77", reads)
+	}
+}
