@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"regexp"
 	"sort"
 	"strings"
 )
@@ -22,16 +21,32 @@ var (
 	ErrRangeLarge = errors.New("piece range too large")
 )
 
-var (
-	taskIDPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	idPattern     = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-)
+// ValidTaskID reports whether id matches ^[0-9a-f]{64}$.
+func ValidTaskID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
 
-// ValidTaskID reports whether id has the form of a task ID.
-func ValidTaskID(id string) bool { return taskIDPattern.MatchString(id) }
-
-// ValidID reports whether id is a valid peer or member ID.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
+// ValidID reports whether id is a valid peer or member ID: ^[A-Za-z0-9._-]{1,128}$.
+func ValidID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // CanonicalURL returns the form of raw that identifies a task: scheme and host lowercased,
 // the default port dropped, the fragment and the filter query parameters removed, and the
