@@ -128,6 +128,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 
 // apply dispatches one command. It reads no clock: now comes from the log entry.
 func (s *state) apply(c Command, now int64) Result {
+	if err := c.validate(); err != nil {
+		return invalid("%v", err)
+	}
 	switch c := c.(type) {
 	case MemberUpsert:
 		return s.memberUpsert(c)
@@ -293,14 +296,6 @@ func (s *state) pieceReport(c PieceReport, now int64) Result {
 	}
 	if c.Generation != 0 && c.Generation != t.generation {
 		return conflict("task %s is at generation %d, not %d", c.TaskID, t.generation, c.Generation)
-	}
-	if len(c.Spans) == 0 {
-		return invalid("no pieces")
-	}
-	for i, sp := range c.Spans { // sorted, disjoint, in bounds: what api.ParseRange makes
-		if sp.From > sp.To || sp.To > api.MaxPieceIndex || (i > 0 && sp.From <= c.Spans[i-1].To) {
-			return invalid("piece spans must be sorted, disjoint and at most %d", api.MaxPieceIndex)
-		}
 	}
 	if last := c.Spans[len(c.Spans)-1].To; t.pieceCount >= 0 && int64(last) >= t.pieceCount {
 		return invalid("piece %d is past the last piece (%d pieces)", last, t.pieceCount)

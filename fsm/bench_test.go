@@ -17,9 +17,10 @@ import (
 const (
 	benchPeers  = 10_000
 	benchPieces = 4096
-	benchTask   = "big"
 	benchSpare  = 256 // missing pieces remembered per peer: each adds one round of new reports
 )
+
+var benchTask = tidBig
 
 // bigState is 10,000 peers on one task of 4,096 pieces, each peer holding a different
 // random half of the pieces. It is built once and shared by the benchmarks; missing[i]
@@ -38,18 +39,23 @@ var (
 
 func benchPeer(i int) string { return fmt.Sprintf("peer-%05d", i) }
 
+// benchPeerRegister registers peer i.
+func benchPeerRegister(i int) fsm.PeerRegister {
+	return fsm.PeerRegister{ID: benchPeer(i), IP: "10.1.2.3", Hostname: benchPeer(i), Port: 65000}
+}
+
 func bigFSM(b *testing.B) *bigState {
 	b.Helper()
 	bigOnce.Do(func() {
 		start := time.Now()
 		h := newHarness(b)
 		s := &bigState{h: h, missing: make([][]uint16, benchPeers)}
-		h.must(fsm.MemberUpsert{ID: "m1"}, fsm.TaskRegister{TaskID: benchTask, URL: "http://origin/big"},
+		h.must(m1, fsm.TaskRegister{TaskID: benchTask, URL: "http://origin/big"},
 			fsm.TaskMeta{TaskID: benchTask, Generation: 1, Status: fsm.TaskRunning, PieceSize: 4 << 20,
 				ContentLength: benchPieces * (4 << 20), PieceCount: benchPieces})
 		var regs []fsm.Command
 		for i := 0; i < benchPeers; i++ {
-			regs = append(regs, fsm.PeerRegister{ID: benchPeer(i), IP: "10.1.2.3", Hostname: benchPeer(i), Port: 65000})
+			regs = append(regs, benchPeerRegister(i))
 		}
 		h.must(regs...)
 		rng := rand.New(rand.NewSource(1))
@@ -206,11 +212,11 @@ func BenchmarkApplyPieceReports(b *testing.B) {
 		peers    = 1024
 	)
 	h := newHarness(b)
-	h.must(fsm.TaskRegister{TaskID: "t", URL: "u"},
-		fsm.TaskMeta{TaskID: "t", Generation: 1, PieceCount: api.MaxPieceIndex + 1})
+	h.must(fsm.TaskRegister{TaskID: tid1, URL: "u"},
+		fsm.TaskMeta{TaskID: tid1, Generation: 1, PieceCount: api.MaxPieceIndex + 1})
 	var regs []fsm.Command
 	for i := 0; i < peers; i++ {
-		regs = append(regs, fsm.PeerRegister{ID: benchPeer(i)})
+		regs = append(regs, benchPeerRegister(i))
 	}
 	h.must(regs...)
 	logs := make([]*raft.Log, b.N)
@@ -220,7 +226,7 @@ func BenchmarkApplyPieceReports(b *testing.B) {
 		for j := range cmds {
 			k := i*perEntry + j
 			from := uint32(k/peers%blocks) * perSpan
-			cmds[j] = fsm.PieceReport{TaskID: "t", PeerID: benchPeer(k % peers), Success: true,
+			cmds[j] = fsm.PieceReport{TaskID: tid1, PeerID: benchPeer(k % peers), Success: true,
 				Spans: []api.Span{{From: from, To: from + perSpan - 1}}}
 		}
 		logs[i] = h.entry(cmds...)
@@ -232,7 +238,7 @@ func BenchmarkApplyPieceReports(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*perEntry*perSpan)/b.Elapsed().Seconds(), "pairs/s")
-	if got, want := h.f.HeldCount("t"), b.N*perEntry*perSpan; b.N*perEntry <= peers*blocks && got != want {
+	if got, want := h.f.HeldCount(tid1), b.N*perEntry*perSpan; b.N*perEntry <= peers*blocks && got != want {
 		b.Fatalf("HeldCount = %d, want %d", got, want)
 	}
 }
@@ -240,17 +246,21 @@ func BenchmarkApplyPieceReports(b *testing.B) {
 // BenchmarkPieceReportFullRange applies one PieceReport of every possible piece.
 func BenchmarkPieceReportFullRange(b *testing.B) {
 	h := newHarness(b)
-	h.must(fsm.TaskRegister{TaskID: "t", URL: "u"})
+	h.must(fsm.TaskRegister{TaskID: tid1, URL: "u"})
 	logs := make([]*raft.Log, b.N)
 	for i := range logs {
-		h.must(fsm.PeerRegister{ID: benchPeer(i)})
+		h.must(benchPeerRegister(i))
 	}
 	for i := range logs {
-		logs[i] = h.entry(fsm.PieceReport{TaskID: "t", PeerID: benchPeer(i), Success: true, Spans: []api.Span{{From: 0, To: api.MaxPieceIndex}}})
+		logs[i] = h.entry(fsm.PieceReport{TaskID: tid1, PeerID: benchPeer(i), Success: true, Spans: []api.Span{{From: 0, To: api.MaxPieceIndex}}})
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range logs {
 		h.f.ApplyBatch(logs[i : i+1])
+	}
+	b.StopTimer()
+	if got, want := h.f.HeldCount(tid1), b.N*(api.MaxPieceIndex+1); got != want {
+		b.Fatalf("HeldCount = %d, want %d", got, want)
 	}
 }

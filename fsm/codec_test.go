@@ -13,7 +13,10 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// sampleCommands has one command of every type, with every field set.
+// sampleCommands has one command of every type, with every field set. Some carry the
+// extremes of the encoding (the largest varints, an empty ID) and are not valid commands:
+// the codec must carry any command, validity is Apply's business. validCommands has valid
+// ones.
 func sampleCommands() []fsm.Command {
 	return []fsm.Command{
 		fsm.MemberUpsert{ID: "m1", HTTPAddr: "10.0.0.1:8002", RaftAddr: "[::1]:8003"},
@@ -21,17 +24,61 @@ func sampleCommands() []fsm.Command {
 		fsm.MemberAlive{ID: "m3", Alive: true},
 		fsm.PeerRegister{ID: "p1", IP: "192.168.1.1", Hostname: "node-ü", Port: math.MaxUint16},
 		fsm.PeerRemove{IDs: []string{"p1", "p2", ""}},
-		fsm.TaskRegister{TaskID: "t1", URL: "http://origin/a.bin?x=1", Digest: "sha256:abc", PeerID: "p1",
+		fsm.TaskRegister{TaskID: tid1, URL: "http://origin/a.bin?x=1", Digest: sha256Digest, PeerID: "p1",
 			Headers: map[string]string{"Authorization": "Bearer x", "Range": "", "Z": "z"}, Filter: []string{"token", "exp"}},
-		fsm.TaskPeerState{TaskID: "t1", PeerID: "p1", State: fsm.PeerTaskFailed},
-		fsm.TaskDelete{TaskID: "t1"},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p1", Source: "m1", Generation: 1 << 40, Success: true,
+		fsm.TaskPeerState{TaskID: tid1, PeerID: "p1", State: fsm.PeerTaskFailed},
+		fsm.TaskDelete{TaskID: tid1},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p1", Source: "m1", Generation: 1 << 40, Success: true,
 			Spans: spansOf(0, 0, 2, 5, 6, 6, 1000, 70000, api.MaxPieceIndex, api.MaxPieceIndex)},
-		fsm.TaskMeta{TaskID: "t1", Generation: math.MaxUint64, Status: fsm.TaskFailed, PieceSize: -1,
+		fsm.TaskMeta{TaskID: tid1, Generation: math.MaxUint64, Status: fsm.TaskFailed, PieceSize: -1,
 			ContentLength: math.MinInt64, PieceCount: math.MaxInt64},
-		fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 7, First: math.MaxUint32, Digests: digests("x", 0, 3)},
+		fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 7, First: math.MaxUint32, Digests: digests("x", 0, 3)},
 		fsm.PreheatCreate{ID: "ph1", Kind: "image", URL: "http://registry/v2/x", Headers: map[string]string{"A": "1"}},
 		fsm.PreheatUpdate{ID: "ph1", Status: "failed", Error: strings.Repeat("e", 300)},
+	}
+}
+
+// validCommands has one valid command of every type, every field set, that applies in
+// this order to an empty FSM without a failure.
+func validCommands() []fsm.Command {
+	return []fsm.Command{
+		fsm.MemberUpsert{ID: "m1", HTTPAddr: "10.0.0.1:8002", RaftAddr: "[::1]:8003"},
+		fsm.MemberUpsert{ID: "m2", HTTPAddr: "m2.example:8002", RaftAddr: "m2.example:8003"},
+		fsm.MemberAlive{ID: "m2", Alive: false},
+		fsm.PeerRegister{ID: "p1", IP: "192.168.1.1", Hostname: "node-ü", Port: math.MaxUint16},
+		fsm.PeerRegister{ID: "p2", IP: "fd00::2", Hostname: "node-2", Port: 1},
+		fsm.TaskRegister{TaskID: tid1, URL: "http://origin/a.bin?x=1", Digest: sha256Digest, PeerID: "p1",
+			Headers: map[string]string{"Authorization": "Bearer x", "Range": "", "Z": "z"}, Filter: []string{"token", "exp"}},
+		fsm.TaskMeta{TaskID: tid1, Generation: 2, Status: fsm.TaskRunning, PieceSize: 4 << 20,
+			ContentLength: 1 << 40, PieceCount: api.MaxPieceIndex + 1},
+		fsm.TaskPeerState{TaskID: tid1, PeerID: "p1", State: fsm.PeerTaskRunning},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p1", Generation: 2, Success: true,
+			Spans: spansOf(0, 0, 2, 5, 6, 6, 1000, 70000, api.MaxPieceIndex, api.MaxPieceIndex)},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p2", Source: "p1", Spans: spansOf(7, 9)},
+		fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 2, First: api.MaxPieceIndex - 2, Digests: digests("x", 0, 3)},
+		fsm.PreheatCreate{ID: "ph1", Kind: "image", URL: "http://registry/v2/x", Headers: map[string]string{"A": "1"}},
+		fsm.PreheatUpdate{ID: "ph1", Status: "failed", Error: strings.Repeat("e", 300)},
+		fsm.PeerRemove{IDs: []string{"p2", "gone"}},
+		fsm.TaskDelete{TaskID: tid1},
+		fsm.MemberRemove{ID: "m2"},
+	}
+}
+
+// TestValidCommandsApply guards the fuzz seeds: validCommands covers every command type and
+// applies without a failure.
+func TestValidCommandsApply(t *testing.T) {
+	h := newHarness(t)
+	covered := map[fsm.CommandType]bool{}
+	for _, c := range validCommands() {
+		covered[c.Type()] = true
+		if r := h.one(c); r.Code != fsm.CodeOK && r.Code != fsm.CodeCreated {
+			t.Errorf("%T: code %d (%s)", c, r.Code, r.Msg)
+		}
+	}
+	for ct := fsm.CmdMemberUpsert; ct <= fsm.CmdPreheatUpdate; ct++ {
+		if !covered[ct] {
+			t.Errorf("command type %d missing from validCommands", ct)
+		}
 	}
 }
 
@@ -230,7 +277,7 @@ func TestUndecodableEntryStopsTheMember(t *testing.T) {
 				t.Fatalf("DecodeBatch = %#v, nil error", b)
 			}
 			f := fsm.New(nil)
-			f.ApplyBatch([]*raft.Log{{Index: 1, Type: raft.LogCommand, Data: encodedBatch(fsm.MemberUpsert{ID: "before"})}})
+			f.ApplyBatch([]*raft.Log{{Index: 1, Type: raft.LogCommand, Data: encodedBatch(fsm.MemberUpsert{ID: "before", HTTPAddr: "10.0.0.9:8002", RaftAddr: "10.0.0.9:8003"})}})
 			panicked := func() (p any) {
 				defer func() { p = recover() }()
 				f.ApplyBatch([]*raft.Log{{Index: 2, Type: raft.LogCommand, Data: tc.entry}})
@@ -294,49 +341,46 @@ func TestDecodeBatchWrappedSpans(t *testing.T) {
 	}
 }
 
-// TestPieceReportWithBadSpansIsRejected: a PieceReport whose spans are not sorted, end
-// before they start or go past api.MaxPieceIndex must come back as CodeInvalid (or, for
-// spans merely unsorted, record exactly their pieces), like PiecesCached past the last
-// piece. It must not make Apply panic: the entry is committed, so every member would stop,
-// and stop again on every restart (the replay reaches the same entry).
-//
-// BUG: PieceReport.encode delta-encodes spans as uint32 differences, assuming them sorted;
-// for other spans it writes deltas near 2^32, which DecodeBatch rejects ("piece index"), and
-// ApplyBatch panics. Spans past MaxPieceIndex are likewise rejected by the decoder, not
-// answered with CodeInvalid.
+// TestPieceReportWithBadSpansIsRejected: a PieceReport whose spans are not sorted, overlap,
+// end before they start or go past api.MaxPieceIndex survives the log (DecodeBatch gives
+// back exactly those spans) and Apply refuses it with CodeInvalid, changing nothing. It must
+// not make Apply panic: the entry is committed, so every member would stop, and stop again
+// on every restart (the replay reaches the same entry).
 func TestPieceReportWithBadSpansIsRejected(t *testing.T) {
 	cases := []struct {
 		name  string
 		spans []api.Span
-		held  []uint32 // the pieces if the FSM accepts the report
 	}{
-		{"unsorted", spansOf(5, 6, 1, 2), []uint32{1, 2, 5, 6}},
-		{"overlapping", spansOf(0, 3, 2, 5), []uint32{0, 1, 2, 3, 4, 5}},
-		{"ends before it starts", spansOf(6, 5), nil},
-		{"past the last possible piece", spansOf(api.MaxPieceIndex+1, api.MaxPieceIndex+1), nil},
+		{"unsorted", spansOf(5, 6, 1, 2)},
+		{"overlapping", spansOf(0, 3, 2, 5)},
+		{"touching", spansOf(0, 3, 3, 5)},
+		{"ends before it starts", spansOf(6, 5)},
+		{"past the last possible piece", spansOf(api.MaxPieceIndex+1, api.MaxPieceIndex+1)},
+		{"ends past the last possible piece", spansOf(0, 1, 10, api.MaxPieceIndex+1)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
 			h.must(fixture()...)
-			h.must(fsm.TaskRegister{TaskID: "t2", URL: "u2"}) // piece count unknown
+			h.must(fsm.TaskRegister{TaskID: tid2, URL: "u2"}) // piece count unknown
 			before := h.hash()
+			cmd := fsm.PieceReport{TaskID: tid2, PeerID: "p1", Success: true, Spans: tc.spans}
+			b, err := fsm.DecodeBatch(encodedBatch(cmd))
+			if err != nil || !reflect.DeepEqual(b.Commands, []fsm.Command{cmd}) {
+				t.Fatalf("DecodeBatch = %#v, %v; want the command back", b.Commands, err)
+			}
 			var r fsm.Result
-			if p := catch(func() {
-				r = h.one(fsm.PieceReport{TaskID: "t2", PeerID: "p1", Success: true, Spans: tc.spans})
-			}); p != nil {
+			if p := catch(func() { r = h.one(cmd) }); p != nil {
 				t.Fatalf("applying PieceReport %v panicked (every member would stop): %v", tc.spans, p)
 			}
-			switch {
-			case r.Code == fsm.CodeInvalid:
-				if h.hash() != before {
-					t.Errorf("CodeInvalid but the state changed")
-				}
-			case r.Code == fsm.CodeOK && tc.held != nil:
-				wantHolds(t, h, "t2", "p1", 16, tc.held...)
-			default:
-				t.Errorf("PieceReport %v: code %d N %d (%s), want CodeInvalid", tc.spans, r.Code, r.N, r.Msg)
+			if r.Code != fsm.CodeInvalid {
+				t.Fatalf("PieceReport %v: code %d N %d (%s), want CodeInvalid", tc.spans, r.Code, r.N, r.Msg)
 			}
+			checkErr(t, r)
+			if h.hash() != before {
+				t.Errorf("CodeInvalid but the state changed")
+			}
+			wantHolds(t, h, tid2, "p1", 16)
 		})
 	}
 }
@@ -374,6 +418,10 @@ func TestResultsRoundTrip(t *testing.T) {
 // FuzzDecodeBatch: DecodeBatch never panics, and what it accepts is a batch that encodes
 // to an entry decoding to the same batch.
 func FuzzDecodeBatch(f *testing.F) {
+	f.Add(fsm.Batch{UnixNano: 1, Commands: validCommands()}.Encode())
+	for _, c := range validCommands() {
+		f.Add(fsm.Batch{UnixNano: 7, Commands: []fsm.Command{c}}.Encode())
+	}
 	f.Add(fsm.Batch{UnixNano: 1, Commands: sampleCommands()}.Encode())
 	f.Add(fsm.Batch{Commands: emptyCommands()}.Encode())
 	f.Add(fsm.Batch{}.Encode())

@@ -1,8 +1,10 @@
 package fsm
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/dfly-ha/dfha/sdk/api"
 )
@@ -39,6 +41,7 @@ const (
 type Command interface {
 	Type() CommandType
 	encode(e *encoder)
+	validate() error // the command's own bounds; Apply refuses a command that fails them
 }
 
 // MemberUpsert adds a member or changes its addresses. New members start alive.
@@ -325,4 +328,22 @@ func DecodeBatch(p []byte) (Batch, error) {
 		return Batch{}, d.err
 	}
 	return b, nil
+}
+
+var sizePool = sync.Pool{New: func() any { return &encoder{b: make([]byte, 0, 256)} }}
+
+// EncodedSize is the number of bytes cmds take in a log entry (or a forwarded request).
+// Batching uses it to keep entries and requests bounded.
+func EncodedSize(cmds []Command) int {
+	e := sizePool.Get().(*encoder)
+	n := 0
+	for _, c := range cmds {
+		e.b = e.b[:0]
+		c.encode(e)
+		n += 1 + binary.MaxVarintLen32 + len(e.b)
+	}
+	if cap(e.b) <= 64<<10 {
+		sizePool.Put(e)
+	}
+	return n
 }

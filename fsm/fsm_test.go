@@ -83,7 +83,7 @@ type step struct {
 // TestCommands applies every command type on top of fixture() and checks its Result and its
 // effect through the read API. A failing command must leave the state hash unchanged.
 func TestCommands(t *testing.T) {
-	t2 := fsm.TaskRegister{TaskID: "t2", URL: "http://origin/b.bin", Digest: "md5:00",
+	t2 := fsm.TaskRegister{TaskID: tid2, URL: "http://origin/b.bin", Digest: md5Digest,
 		Headers: map[string]string{"X-A": "1", "X-B": "2"}, Filter: []string{"sig", "exp"}}
 
 	cases := []struct {
@@ -96,9 +96,9 @@ func TestCommands(t *testing.T) {
 		// MemberUpsert
 		{
 			name:  "MemberUpsert/new member starts alive",
-			steps: []step{{fsm.MemberUpsert{ID: "m3", HTTPAddr: "h3", RaftAddr: "r3"}, fsm.CodeCreated, 0}},
+			steps: []step{{fsm.MemberUpsert{ID: "m3", HTTPAddr: "10.0.0.3:8002", RaftAddr: "10.0.0.3:8003"}, fsm.CodeCreated, 0}},
 			check: func(t *testing.T, h *harness) {
-				if got, ok := h.f.Member("m3"); !ok || got != (fsm.MemberInfo{ID: "m3", HTTPAddr: "h3", RaftAddr: "r3", Alive: true}) {
+				if got, ok := h.f.Member("m3"); !ok || got != (fsm.MemberInfo{ID: "m3", HTTPAddr: "10.0.0.3:8002", RaftAddr: "10.0.0.3:8003", Alive: true}) {
 					t.Errorf("Member(m3) = %+v, %v", got, ok)
 				}
 				var ids []string
@@ -114,9 +114,9 @@ func TestCommands(t *testing.T) {
 		{
 			name:  "MemberUpsert/existing member changes addresses and keeps liveness",
 			setup: []fsm.Command{fsm.MemberAlive{ID: "m1", Alive: false}},
-			steps: []step{{fsm.MemberUpsert{ID: "m1", HTTPAddr: "new-h", RaftAddr: "new-r"}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.MemberUpsert{ID: "m1", HTTPAddr: "new-h.example:8002", RaftAddr: "new-r.example:8003"}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				if got, _ := h.f.Member("m1"); got != (fsm.MemberInfo{ID: "m1", HTTPAddr: "new-h", RaftAddr: "new-r", Alive: false}) {
+				if got, _ := h.f.Member("m1"); got != (fsm.MemberInfo{ID: "m1", HTTPAddr: "new-h.example:8002", RaftAddr: "new-r.example:8003", Alive: false}) {
 					t.Errorf("Member(m1) = %+v", got)
 				}
 				wantCounts(t, h, 2, 3, 1, 0)
@@ -144,17 +144,17 @@ func TestCommands(t *testing.T) {
 		{
 			name: "MemberRemove/drops the member's cached pieces",
 			setup: []fsm.Command{
-				fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 4)},
-				fsm.PiecesCached{TaskID: "t1", MemberID: "m2", Generation: 1, First: 2, Digests: digests("t1", 2, 4)},
+				fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 4)},
+				fsm.PiecesCached{TaskID: tid1, MemberID: "m2", Generation: 1, First: 2, Digests: digests("t1", 2, 4)},
 			},
 			before: func(t *testing.T, h *harness) {
-				if got := taskOf(t, h, "t1").PiecesCached; got != 6 {
+				if got := taskOf(t, h, tid1).PiecesCached; got != 6 {
 					t.Fatalf("PiecesCached = %d before removal, want 6", got)
 				}
 			},
 			steps: []step{{fsm.MemberRemove{ID: "m1"}, fsm.CodeOK, 1}},
 			check: func(t *testing.T, h *harness) {
-				if got := taskOf(t, h, "t1").PiecesCached; got != 4 {
+				if got := taskOf(t, h, tid1).PiecesCached; got != 4 {
 					t.Errorf("PiecesCached = %d after m1 left, want 4 (pieces 2-5 of m2)", got)
 				}
 			},
@@ -220,8 +220,8 @@ func TestCommands(t *testing.T) {
 			name:  "PeerRegister/again keeps the peer's tasks",
 			steps: []step{{fsm.PeerRegister{ID: "p1", IP: "192.168.9.1", Hostname: "node-1", Port: 65001}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				wantPeerTasks(t, h, "p1", "t1")
-				if got := taskOf(t, h, "t1").Peers; got != 1 {
+				wantPeerTasks(t, h, "p1", tid1)
+				if got := taskOf(t, h, tid1).Peers; got != 1 {
 					t.Errorf("Task(t1).Peers = %d, want 1", got)
 				}
 			},
@@ -230,13 +230,13 @@ func TestCommands(t *testing.T) {
 		{
 			name: "PeerRemove/removes the peer and its pieces",
 			setup: []fsm.Command{
-				fsm.TaskRegister{TaskID: "t1", PeerID: "p2"},
-				fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
-				fsm.PieceReport{TaskID: "t1", PeerID: "p2", Success: true, Spans: spansOf(2, 9)},
+				join(tid1, "p2"),
+				fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
+				fsm.PieceReport{TaskID: tid1, PeerID: "p2", Success: true, Spans: spansOf(2, 9)},
 			},
 			before: func(t *testing.T, h *harness) {
-				if ti := taskOf(t, h, "t1"); ti.Peers != 2 || h.f.HeldCount("t1") != 12 {
-					t.Fatalf("before: Peers %d, HeldCount %d; want 2, 12", ti.Peers, h.f.HeldCount("t1"))
+				if ti := taskOf(t, h, tid1); ti.Peers != 2 || h.f.HeldCount(tid1) != 12 {
+					t.Fatalf("before: Peers %d, HeldCount %d; want 2, 12", ti.Peers, h.f.HeldCount(tid1))
 				}
 			},
 			steps: []step{{fsm.PeerRemove{IDs: []string{"p2"}}, fsm.CodeOK, 1}},
@@ -244,14 +244,14 @@ func TestCommands(t *testing.T) {
 				if _, ok := h.f.Peer("p2"); ok {
 					t.Errorf("Peer(p2) still found")
 				}
-				if got := taskOf(t, h, "t1").Peers; got != 1 {
+				if got := taskOf(t, h, tid1).Peers; got != 1 {
 					t.Errorf("Task(t1).Peers = %d, want 1", got)
 				}
-				if got := h.f.HeldCount("t1"); got != 4 {
+				if got := h.f.HeldCount(tid1); got != 4 {
 					t.Errorf("HeldCount(t1) = %d, want 4 (p1's pieces only)", got)
 				}
-				wantHolds(t, h, "t1", "p2", 16)
-				wantHolds(t, h, "t1", "p1", 16, 0, 1, 2, 3)
+				wantHolds(t, h, tid1, "p2", 16)
+				wantHolds(t, h, tid1, "p1", 16, 0, 1, 2, 3)
 				wantCounts(t, h, 2, 2, 1, 0)
 			},
 		},
@@ -275,10 +275,10 @@ func TestCommands(t *testing.T) {
 			name:  "TaskRegister/new task without a peer",
 			steps: []step{{t2, fsm.CodeCreated, 0}},
 			check: func(t *testing.T, h *harness) {
-				want := fsm.TaskInfo{ID: "t2", URL: t2.URL, Digest: t2.Digest, Headers: t2.Headers, Filter: t2.Filter,
+				want := fsm.TaskInfo{ID: tid2, URL: t2.URL, Digest: t2.Digest, Headers: t2.Headers, Filter: t2.Filter,
 					CreatedAt: timeOf(h.index), AccessedAt: timeOf(h.index), Generation: 1, Status: fsm.TaskPending,
 					PieceSize: -1, ContentLength: -1, PieceCount: -1}
-				if got := taskOf(t, h, "t2"); !reflect.DeepEqual(got, want) {
+				if got := taskOf(t, h, tid2); !reflect.DeepEqual(got, want) {
 					t.Errorf("Task(t2) = %+v\nwant %+v", got, want)
 				}
 				wantCounts(t, h, 2, 3, 2, 0)
@@ -286,30 +286,30 @@ func TestCommands(t *testing.T) {
 		},
 		{
 			name:  "TaskRegister/existing task joins another peer",
-			steps: []step{{fsm.TaskRegister{TaskID: "t1", URL: "http://elsewhere/", PeerID: "p2"}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.TaskRegister{TaskID: tid1, URL: "http://elsewhere/", PeerID: "p2"}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				ti := taskOf(t, h, "t1")
+				ti := taskOf(t, h, tid1)
 				if ti.Peers != 2 || ti.URL != t1.URL || ti.CreatedAt != timeOf(1) || ti.AccessedAt != timeOf(h.index) {
 					t.Errorf("Task(t1) = %+v; want 2 peers, first URL, created at %d, accessed at %d", ti, timeOf(1), timeOf(h.index))
 				}
-				wantPeerTasks(t, h, "p2", "t1")
+				wantPeerTasks(t, h, "p2", tid1)
 			},
 		},
 		{
 			name:  "TaskRegister/same peer again",
 			steps: []step{{t1, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				if got := taskOf(t, h, "t1").Peers; got != 1 {
+				if got := taskOf(t, h, tid1).Peers; got != 1 {
 					t.Errorf("Task(t1).Peers = %d, want 1", got)
 				}
-				wantPeerTasks(t, h, "p1", "t1")
+				wantPeerTasks(t, h, "p1", tid1)
 			},
 		},
 		{
 			name:  "TaskRegister/unknown peer creates nothing",
-			steps: []step{{fsm.TaskRegister{TaskID: "t2", URL: "u", PeerID: "nope"}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.TaskRegister{TaskID: tid2, URL: "u", PeerID: "nope"}, fsm.CodeNotFound, 0}},
 			check: func(t *testing.T, h *harness) {
-				if _, ok := h.f.Task("t2"); ok {
+				if _, ok := h.f.Task(tid2); ok {
 					t.Errorf("Task(t2) exists")
 				}
 				wantCounts(t, h, 2, 3, 1, 0)
@@ -318,39 +318,39 @@ func TestCommands(t *testing.T) {
 		// TaskPeerState
 		{
 			name:  "TaskPeerState/joins the peer to the task",
-			steps: []step{{fsm.TaskPeerState{TaskID: "t1", PeerID: "p2", State: fsm.PeerTaskRunning}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.TaskPeerState{TaskID: tid1, PeerID: "p2", State: fsm.PeerTaskRunning}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				wantPeerTasks(t, h, "p2", "t1")
-				if ti := taskOf(t, h, "t1"); ti.Peers != 2 || ti.AccessedAt != timeOf(h.index) {
+				wantPeerTasks(t, h, "p2", tid1)
+				if ti := taskOf(t, h, tid1); ti.Peers != 2 || ti.AccessedAt != timeOf(h.index) {
 					t.Errorf("Task(t1) Peers %d, AccessedAt %d; want 2, %d", ti.Peers, ti.AccessedAt, timeOf(h.index))
 				}
 			},
 		},
 		{
 			name:  "TaskPeerState/unknown task",
-			steps: []step{{fsm.TaskPeerState{TaskID: "nope", PeerID: "p1", State: fsm.PeerTaskSuccess}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.TaskPeerState{TaskID: tidNope, PeerID: "p1", State: fsm.PeerTaskSuccess}, fsm.CodeNotFound, 0}},
 		},
 		{
 			name:  "TaskPeerState/unknown peer",
-			steps: []step{{fsm.TaskPeerState{TaskID: "t1", PeerID: "nope", State: fsm.PeerTaskSuccess}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.TaskPeerState{TaskID: tid1, PeerID: "nope", State: fsm.PeerTaskSuccess}, fsm.CodeNotFound, 0}},
 		},
 		// TaskDelete
 		{
 			name: "TaskDelete/removes the task from every peer",
 			setup: []fsm.Command{
-				fsm.TaskRegister{TaskID: "t1", PeerID: "p2"},
-				fsm.TaskRegister{TaskID: "t2", URL: "u2", PeerID: "p1"},
-				fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
-				fsm.PieceReport{TaskID: "t1", PeerID: "p2", Source: "p1", Spans: spansOf(0, 0)},
+				join(tid1, "p2"),
+				fsm.TaskRegister{TaskID: tid2, URL: "u2", PeerID: "p1"},
+				fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
+				fsm.PieceReport{TaskID: tid1, PeerID: "p2", Source: "p1", Spans: spansOf(0, 0)},
 			},
-			steps: []step{{fsm.TaskDelete{TaskID: "t1"}, fsm.CodeOK, 1}},
+			steps: []step{{fsm.TaskDelete{TaskID: tid1}, fsm.CodeOK, 1}},
 			check: func(t *testing.T, h *harness) {
-				if _, ok := h.f.Task("t1"); ok {
+				if _, ok := h.f.Task(tid1); ok {
 					t.Errorf("Task(t1) still found")
 				}
-				wantPeerTasks(t, h, "p1", "t2")
+				wantPeerTasks(t, h, "p1", tid2)
 				wantPeerTasks(t, h, "p2")
-				if h.f.HeldCount("t1") != 0 || h.f.PeerHolds("t1", "p1", 0) || h.f.BadSources("t1") != nil {
+				if h.f.HeldCount(tid1) != 0 || h.f.PeerHolds(tid1, "p1", 0) || h.f.BadSources(tid1) != nil {
 					t.Errorf("piece map of the deleted task still answers")
 				}
 				wantCounts(t, h, 2, 3, 1, 0)
@@ -358,117 +358,117 @@ func TestCommands(t *testing.T) {
 		},
 		{
 			name:  "TaskDelete/unknown task",
-			steps: []step{{fsm.TaskDelete{TaskID: "nope"}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.TaskDelete{TaskID: tidNope}, fsm.CodeNotFound, 0}},
 		},
 		// PieceReport
 		{
 			name: "PieceReport/overlapping reports count only new pieces",
 			steps: []step{
-				{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 3)}, fsm.CodeOK, 4},
-				{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(2, 5)}, fsm.CodeOK, 2},
+				{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 3)}, fsm.CodeOK, 4},
+				{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(2, 5)}, fsm.CodeOK, 2},
 			},
 			check: func(t *testing.T, h *harness) {
-				if got := h.f.HeldCount("t1"); got != 6 {
+				if got := h.f.HeldCount(tid1); got != 6 {
 					t.Errorf("HeldCount(t1) = %d, want 6", got)
 				}
-				wantHolds(t, h, "t1", "p1", 16, 0, 1, 2, 3, 4, 5)
+				wantHolds(t, h, tid1, "p1", 16, 0, 1, 2, 3, 4, 5)
 			},
 		},
 		{
 			name:  "PieceReport/several spans",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 1, 4, 5, 15, 15)}, fsm.CodeOK, 5}},
-			check: func(t *testing.T, h *harness) { wantHolds(t, h, "t1", "p1", 16, 0, 1, 4, 5, 15) },
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 1, 4, 5, 15, 15)}, fsm.CodeOK, 5}},
+			check: func(t *testing.T, h *harness) { wantHolds(t, h, tid1, "p1", 16, 0, 1, 4, 5, 15) },
 		},
 		{
 			name:  "PieceReport/joins a peer new to the task",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p2", Success: true, Spans: spansOf(7, 7)}, fsm.CodeOK, 1}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p2", Success: true, Spans: spansOf(7, 7)}, fsm.CodeOK, 1}},
 			check: func(t *testing.T, h *harness) {
-				wantPeerTasks(t, h, "p2", "t1")
-				if got := taskOf(t, h, "t1").Peers; got != 2 {
+				wantPeerTasks(t, h, "p2", tid1)
+				if got := taskOf(t, h, tid1).Peers; got != 2 {
 					t.Errorf("Task(t1).Peers = %d, want 2", got)
 				}
-				wantHolds(t, h, "t1", "p2", 16, 7)
+				wantHolds(t, h, tid1, "p2", 16, 7)
 			},
 		},
 		{
 			name:  "PieceReport/generation 0 means the current one",
-			setup: []fsm.Command{fsm.TaskMeta{TaskID: "t1", Generation: 3, PieceCount: 16}},
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 1)}, fsm.CodeOK, 2}},
+			setup: []fsm.Command{fsm.TaskMeta{TaskID: tid1, Generation: 3, PieceCount: 16}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 1)}, fsm.CodeOK, 2}},
 		},
 		{
 			name:  "PieceReport/current generation",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Generation: 1, Success: true, Spans: spansOf(0, 1)}, fsm.CodeOK, 2}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Generation: 1, Success: true, Spans: spansOf(0, 1)}, fsm.CodeOK, 2}},
 		},
 		{
 			name:  "PieceReport/old generation conflicts",
-			setup: []fsm.Command{fsm.TaskMeta{TaskID: "t1", Generation: 2, PieceCount: 16}},
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p2", Generation: 1, Success: true, Spans: spansOf(0, 1)}, fsm.CodeConflict, 0}},
+			setup: []fsm.Command{fsm.TaskMeta{TaskID: tid1, Generation: 2, PieceCount: 16}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p2", Generation: 1, Success: true, Spans: spansOf(0, 1)}, fsm.CodeConflict, 0}},
 			check: func(t *testing.T, h *harness) { wantPeerTasks(t, h, "p2") },
 		},
 		{
 			name:  "PieceReport/future generation conflicts",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Generation: 2, Success: true, Spans: spansOf(0, 1)}, fsm.CodeConflict, 0}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Generation: 2, Success: true, Spans: spansOf(0, 1)}, fsm.CodeConflict, 0}},
 		},
 		{
 			name:  "PieceReport/piece past piece_count is invalid",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p2", Success: true, Spans: spansOf(10, 16)}, fsm.CodeInvalid, 0}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p2", Success: true, Spans: spansOf(10, 16)}, fsm.CodeInvalid, 0}},
 			check: func(t *testing.T, h *harness) {
-				if got := h.f.HeldCount("t1"); got != 0 {
+				if got := h.f.HeldCount(tid1); got != 0 {
 					t.Errorf("HeldCount(t1) = %d, want 0", got)
 				}
 			},
 		},
 		{
 			name:  "PieceReport/last piece",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(15, 15)}, fsm.CodeOK, 1}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(15, 15)}, fsm.CodeOK, 1}},
 		},
 		{
 			name:  "PieceReport/no pieces is invalid",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true}, fsm.CodeInvalid, 0}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true}, fsm.CodeInvalid, 0}},
 		},
 		{
 			name:  "PieceReport/task with unknown piece count",
-			setup: []fsm.Command{fsm.TaskRegister{TaskID: "t2", URL: "u2"}},
-			steps: []step{{fsm.PieceReport{TaskID: "t2", PeerID: "p1", Success: true, Spans: spansOf(1000, 1003, api.MaxPieceIndex, api.MaxPieceIndex)}, fsm.CodeOK, 5}},
+			setup: []fsm.Command{fsm.TaskRegister{TaskID: tid2, URL: "u2"}},
+			steps: []step{{fsm.PieceReport{TaskID: tid2, PeerID: "p1", Success: true, Spans: spansOf(1000, 1003, api.MaxPieceIndex, api.MaxPieceIndex)}, fsm.CodeOK, 5}},
 			check: func(t *testing.T, h *harness) {
-				if !h.f.PeerHolds("t2", "p1", api.MaxPieceIndex) || h.f.HeldCount("t2") != 5 {
-					t.Errorf("HeldCount(t2) = %d, want 5 including the last possible piece", h.f.HeldCount("t2"))
+				if !h.f.PeerHolds(tid2, "p1", api.MaxPieceIndex) || h.f.HeldCount(tid2) != 5 {
+					t.Errorf("HeldCount(t2) = %d, want 5 including the last possible piece", h.f.HeldCount(tid2))
 				}
 			},
 		},
 		{
 			name:  "PieceReport/unknown task",
-			steps: []step{{fsm.PieceReport{TaskID: "nope", PeerID: "p1", Success: true, Spans: spansOf(0, 0)}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.PieceReport{TaskID: tidNope, PeerID: "p1", Success: true, Spans: spansOf(0, 0)}, fsm.CodeNotFound, 0}},
 		},
 		{
 			name:  "PieceReport/unknown peer",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "nope", Success: true, Spans: spansOf(0, 0)}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "nope", Success: true, Spans: spansOf(0, 0)}, fsm.CodeNotFound, 0}},
 		},
 		{
 			name: "PieceReport/failures count pieces per bad source",
 			steps: []step{
-				{fsm.PieceReport{TaskID: "t1", PeerID: "p2", Source: "p1", Spans: spansOf(0, 3)}, fsm.CodeOK, 0},
-				{fsm.PieceReport{TaskID: "t1", PeerID: "p3", Source: "p1", Spans: spansOf(4, 5)}, fsm.CodeOK, 0},
-				{fsm.PieceReport{TaskID: "t1", PeerID: "p2", Source: "m1", Spans: spansOf(7, 7, 9, 9)}, fsm.CodeOK, 0},
+				{fsm.PieceReport{TaskID: tid1, PeerID: "p2", Source: "p1", Spans: spansOf(0, 3)}, fsm.CodeOK, 0},
+				{fsm.PieceReport{TaskID: tid1, PeerID: "p3", Source: "p1", Spans: spansOf(4, 5)}, fsm.CodeOK, 0},
+				{fsm.PieceReport{TaskID: tid1, PeerID: "p2", Source: "m1", Spans: spansOf(7, 7, 9, 9)}, fsm.CodeOK, 0},
 			},
 			check: func(t *testing.T, h *harness) {
-				if got, want := h.f.BadSources("t1"), map[string]uint32{"p1": 6, "m1": 2}; !reflect.DeepEqual(got, want) {
+				if got, want := h.f.BadSources(tid1), map[string]uint32{"p1": 6, "m1": 2}; !reflect.DeepEqual(got, want) {
 					t.Errorf("BadSources(t1) = %v, want %v", got, want)
 				}
-				if got := h.f.HeldCount("t1"); got != 0 {
+				if got := h.f.HeldCount(tid1); got != 0 {
 					t.Errorf("HeldCount(t1) = %d after failures only, want 0", got)
 				}
-				if got := taskOf(t, h, "t1").Peers; got != 3 {
+				if got := taskOf(t, h, tid1).Peers; got != 3 {
 					t.Errorf("Task(t1).Peers = %d, want 3 (reporting joins)", got)
 				}
 			},
 		},
 		{
 			name:  "PieceReport/failure without a source",
-			steps: []step{{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Spans: spansOf(0, 3)}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Spans: spansOf(0, 3)}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				if got := h.f.BadSources("t1"); len(got) != 0 || h.f.HeldCount("t1") != 0 {
-					t.Errorf("BadSources(t1) = %v, HeldCount %d; want empty, 0", got, h.f.HeldCount("t1"))
+				if got := h.f.BadSources(tid1); len(got) != 0 || h.f.HeldCount(tid1) != 0 {
+					t.Errorf("BadSources(t1) = %v, HeldCount %d; want empty, 0", got, h.f.HeldCount(tid1))
 				}
 			},
 		},
@@ -476,139 +476,139 @@ func TestCommands(t *testing.T) {
 		{
 			name: "TaskMeta/same generation updates sizes and keeps pieces",
 			setup: []fsm.Command{
-				fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
-				fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 2)},
+				fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
+				fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 2)},
 			},
-			steps: []step{{fsm.TaskMeta{TaskID: "t1", Generation: 1, Status: fsm.TaskSuccess, PieceSize: 1 << 20, ContentLength: 16 << 20, PieceCount: 16}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.TaskMeta{TaskID: tid1, Generation: 1, Status: fsm.TaskSuccess, PieceSize: 1 << 20, ContentLength: 16 << 20, PieceCount: 16}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				ti := taskOf(t, h, "t1")
+				ti := taskOf(t, h, tid1)
 				if ti.Generation != 1 || ti.Status != fsm.TaskSuccess || ti.PieceSize != 1<<20 || ti.ContentLength != 16<<20 ||
 					ti.PieceCount != 16 || ti.PiecesCached != 2 || ti.AccessedAt != timeOf(h.index) {
 					t.Errorf("Task(t1) = %+v", ti)
 				}
-				if got := h.f.HeldCount("t1"); got != 4 {
+				if got := h.f.HeldCount(tid1); got != 4 {
 					t.Errorf("HeldCount(t1) = %d, want 4", got)
 				}
-				wantDigest(t, h, "t1", 1, digest("t1", 1), 1)
+				wantDigest(t, h, tid1, 1, digest("t1", 1), 1)
 			},
 		},
 		{
 			name: "TaskMeta/higher generation starts afresh but keeps the peers",
 			setup: []fsm.Command{
-				fsm.TaskRegister{TaskID: "t1", PeerID: "p2"},
-				fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
-				fsm.PieceReport{TaskID: "t1", PeerID: "p2", Source: "p1", Spans: spansOf(4, 4)},
-				fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 4)},
+				join(tid1, "p2"),
+				fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
+				fsm.PieceReport{TaskID: tid1, PeerID: "p2", Source: "p1", Spans: spansOf(4, 4)},
+				fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 4)},
 			},
-			steps: []step{{fsm.TaskMeta{TaskID: "t1", Generation: 2, Status: fsm.TaskRunning, PieceSize: 1 << 20, ContentLength: 8 << 20, PieceCount: 8}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.TaskMeta{TaskID: tid1, Generation: 2, Status: fsm.TaskRunning, PieceSize: 1 << 20, ContentLength: 8 << 20, PieceCount: 8}, fsm.CodeOK, 0}},
 			check: func(t *testing.T, h *harness) {
-				ti := taskOf(t, h, "t1")
+				ti := taskOf(t, h, tid1)
 				if ti.Generation != 2 || ti.PieceCount != 8 || ti.PiecesCached != 0 || ti.Peers != 2 {
 					t.Errorf("Task(t1) = %+v; want generation 2, 8 pieces, none cached, 2 peers", ti)
 				}
-				if got := h.f.HeldCount("t1"); got != 0 {
+				if got := h.f.HeldCount(tid1); got != 0 {
 					t.Errorf("HeldCount(t1) = %d, want 0", got)
 				}
-				wantHolds(t, h, "t1", "p1", 16)
+				wantHolds(t, h, tid1, "p1", 16)
 				for n := uint32(0); n < 4; n++ {
-					wantNoDigest(t, h, "t1", n)
+					wantNoDigest(t, h, tid1, n)
 				}
-				if got := h.f.BadSources("t1"); len(got) != 0 {
+				if got := h.f.BadSources(tid1); len(got) != 0 {
 					t.Errorf("BadSources(t1) = %v, want none", got)
 				}
-				wantPeerTasks(t, h, "p1", "t1")
-				wantPeerTasks(t, h, "p2", "t1")
+				wantPeerTasks(t, h, "p1", tid1)
+				wantPeerTasks(t, h, "p2", tid1)
 			},
 		},
 		{
 			name:  "TaskMeta/old generation conflicts",
-			setup: []fsm.Command{fsm.TaskMeta{TaskID: "t1", Generation: 3, PieceCount: 16}},
-			steps: []step{{fsm.TaskMeta{TaskID: "t1", Generation: 2, Status: fsm.TaskFailed, PieceCount: 4}, fsm.CodeConflict, 0}},
+			setup: []fsm.Command{fsm.TaskMeta{TaskID: tid1, Generation: 3, PieceCount: 16}},
+			steps: []step{{fsm.TaskMeta{TaskID: tid1, Generation: 2, Status: fsm.TaskFailed, PieceCount: 4}, fsm.CodeConflict, 0}},
 			check: func(t *testing.T, h *harness) {
-				if ti := taskOf(t, h, "t1"); ti.Generation != 3 || ti.PieceCount != 16 {
+				if ti := taskOf(t, h, tid1); ti.Generation != 3 || ti.PieceCount != 16 {
 					t.Errorf("Task(t1) = %+v, want generation 3, 16 pieces", ti)
 				}
 			},
 		},
 		{
 			name:  "TaskMeta/most pieces allowed",
-			steps: []step{{fsm.TaskMeta{TaskID: "t1", Generation: 1, PieceCount: api.MaxPieceIndex + 1}, fsm.CodeOK, 0}},
+			steps: []step{{fsm.TaskMeta{TaskID: tid1, Generation: 1, PieceCount: api.MaxPieceIndex + 1}, fsm.CodeOK, 0}},
 		},
 		{
 			name:  "TaskMeta/too many pieces is invalid",
-			steps: []step{{fsm.TaskMeta{TaskID: "t1", Generation: 2, PieceCount: api.MaxPieceIndex + 2}, fsm.CodeInvalid, 0}},
+			steps: []step{{fsm.TaskMeta{TaskID: tid1, Generation: 2, PieceCount: api.MaxPieceIndex + 2}, fsm.CodeInvalid, 0}},
 		},
 		{
 			name:  "TaskMeta/unknown task",
-			steps: []step{{fsm.TaskMeta{TaskID: "nope", Generation: 1}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.TaskMeta{TaskID: tidNope, Generation: 1}, fsm.CodeNotFound, 0}},
 		},
 		// PiecesCached
 		{
 			name:  "PiecesCached/records digests",
-			steps: []step{{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 2, Digests: digests("t1", 2, 3)}, fsm.CodeOK, 3}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 2, Digests: digests("t1", 2, 3)}, fsm.CodeOK, 3}},
 			check: func(t *testing.T, h *harness) {
 				for n := uint32(2); n <= 4; n++ {
-					wantDigest(t, h, "t1", n, digest("t1", int(n)), 1)
+					wantDigest(t, h, tid1, n, digest("t1", int(n)), 1)
 				}
-				wantNoDigest(t, h, "t1", 1)
-				wantNoDigest(t, h, "t1", 5)
-				if ti := taskOf(t, h, "t1"); ti.PiecesCached != 3 || ti.AccessedAt != timeOf(h.index) {
+				wantNoDigest(t, h, tid1, 1)
+				wantNoDigest(t, h, tid1, 5)
+				if ti := taskOf(t, h, tid1); ti.PiecesCached != 3 || ti.AccessedAt != timeOf(h.index) {
 					t.Errorf("Task(t1) PiecesCached %d, AccessedAt %d; want 3, %d", ti.PiecesCached, ti.AccessedAt, timeOf(h.index))
 				}
 			},
 		},
 		{
 			name:  "PiecesCached/same digests again, and by another member",
-			setup: []fsm.Command{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 3)}},
+			setup: []fsm.Command{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 3)}},
 			steps: []step{
-				{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 3)}, fsm.CodeOK, 0},
-				{fsm.PiecesCached{TaskID: "t1", MemberID: "m2", Generation: 1, First: 1, Digests: digests("t1", 1, 3)}, fsm.CodeOK, 3},
+				{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 3)}, fsm.CodeOK, 0},
+				{fsm.PiecesCached{TaskID: tid1, MemberID: "m2", Generation: 1, First: 1, Digests: digests("t1", 1, 3)}, fsm.CodeOK, 3},
 			},
 			check: func(t *testing.T, h *harness) {
-				if got := taskOf(t, h, "t1").PiecesCached; got != 4 {
+				if got := taskOf(t, h, tid1).PiecesCached; got != 4 {
 					t.Errorf("PiecesCached = %d, want 4 (union of 0-2 and 1-3)", got)
 				}
 			},
 		},
 		{
 			name:  "PiecesCached/another digest conflicts and records nothing",
-			setup: []fsm.Command{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 4, Digests: digests("t1", 4, 2)}},
-			steps: []step{{fsm.PiecesCached{TaskID: "t1", MemberID: "m2", Generation: 1, First: 2,
+			setup: []fsm.Command{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 4, Digests: digests("t1", 4, 2)}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid1, MemberID: "m2", Generation: 1, First: 2,
 				Digests: [][32]byte{digest("t1", 2), digest("t1", 3), digest("other", 4), digest("t1", 5)}}, fsm.CodeConflict, 0}},
 			check: func(t *testing.T, h *harness) {
-				wantNoDigest(t, h, "t1", 2)
-				wantNoDigest(t, h, "t1", 3)
-				wantDigest(t, h, "t1", 4, digest("t1", 4), 1)
-				if got := taskOf(t, h, "t1").PiecesCached; got != 2 {
+				wantNoDigest(t, h, tid1, 2)
+				wantNoDigest(t, h, tid1, 3)
+				wantDigest(t, h, tid1, 4, digest("t1", 4), 1)
+				if got := taskOf(t, h, tid1).PiecesCached; got != 2 {
 					t.Errorf("PiecesCached = %d, want 2", got)
 				}
 			},
 		},
 		{
 			name:  "PiecesCached/old generation conflicts",
-			setup: []fsm.Command{fsm.TaskMeta{TaskID: "t1", Generation: 2, PieceCount: 16}},
-			steps: []step{{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 1)}, fsm.CodeConflict, 0}},
+			setup: []fsm.Command{fsm.TaskMeta{TaskID: tid1, Generation: 2, PieceCount: 16}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 1)}, fsm.CodeConflict, 0}},
 		},
 		{
 			name:  "PiecesCached/piece past piece_count is invalid",
-			steps: []step{{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 14, Digests: digests("t1", 14, 3)}, fsm.CodeInvalid, 0}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 14, Digests: digests("t1", 14, 3)}, fsm.CodeInvalid, 0}},
 		},
 		{
 			name:  "PiecesCached/piece past the largest index is invalid",
-			setup: []fsm.Command{fsm.TaskRegister{TaskID: "t2", URL: "u2"}},
-			steps: []step{{fsm.PiecesCached{TaskID: "t2", MemberID: "m1", Generation: 1, First: api.MaxPieceIndex, Digests: digests("t2", 0, 2)}, fsm.CodeInvalid, 0}},
+			setup: []fsm.Command{fsm.TaskRegister{TaskID: tid2, URL: "u2"}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid2, MemberID: "m1", Generation: 1, First: api.MaxPieceIndex, Digests: digests("t2", 0, 2)}, fsm.CodeInvalid, 0}},
 		},
 		{
 			name:  "PiecesCached/no digests is invalid",
-			steps: []step{{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1}, fsm.CodeInvalid, 0}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1}, fsm.CodeInvalid, 0}},
 		},
 		{
 			name:  "PiecesCached/unknown member",
-			steps: []step{{fsm.PiecesCached{TaskID: "t1", MemberID: "nope", Generation: 1, Digests: digests("t1", 0, 1)}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.PiecesCached{TaskID: tid1, MemberID: "nope", Generation: 1, Digests: digests("t1", 0, 1)}, fsm.CodeNotFound, 0}},
 		},
 		{
 			name:  "PiecesCached/unknown task",
-			steps: []step{{fsm.PiecesCached{TaskID: "nope", MemberID: "m1", Generation: 1, Digests: digests("t1", 0, 1)}, fsm.CodeNotFound, 0}},
+			steps: []step{{fsm.PiecesCached{TaskID: tidNope, MemberID: "m1", Generation: 1, Digests: digests("t1", 0, 1)}, fsm.CodeNotFound, 0}},
 		},
 		// PreheatCreate
 		{
@@ -701,7 +701,7 @@ func TestTaskPeerStateIsReplicated(t *testing.T) {
 	hashWith := func(s fsm.PeerTaskState) string {
 		h := newHarness(t)
 		h.must(fixture()...)
-		if r := h.one(fsm.TaskPeerState{TaskID: "t1", PeerID: "p1", State: s}); r.Code != fsm.CodeOK {
+		if r := h.one(fsm.TaskPeerState{TaskID: tid1, PeerID: "p1", State: s}); r.Code != fsm.CodeOK {
 			t.Fatalf("TaskPeerState: code %d (%s)", r.Code, r.Msg)
 		}
 		return h.hash()
@@ -781,7 +781,7 @@ func TestApplyBatchEntries(t *testing.T) {
 	if p, ok := f.Peer("p1"); !ok || p.RegisteredAt != 5 {
 		t.Errorf("Peer(p1) = %+v, %v; want registered at the first entry's time 5", p, ok)
 	}
-	if ti, ok := f.Task("t1"); !ok || ti.CreatedAt != 6 {
+	if ti, ok := f.Task(tid1); !ok || ti.CreatedAt != 6 {
 		t.Errorf("Task(t1) = %+v, %v; want created at 6", ti, ok)
 	}
 }
@@ -791,22 +791,22 @@ func TestApplyBatchEntries(t *testing.T) {
 func TestReadAPIReturnsCopies(t *testing.T) {
 	h := newHarness(t)
 	h.must(fixture()...)
-	h.must(fsm.PreheatCreate{ID: "ph1", URL: "u", Headers: map[string]string{"A": "1"}},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p2", Source: "p1", Spans: spansOf(0, 0)})
+	h.must(fsm.PreheatCreate{ID: "ph1", Kind: "file", URL: "u", Headers: map[string]string{"A": "1"}},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p2", Source: "p1", Spans: spansOf(0, 0)})
 	before := h.hash()
 
-	ti := taskOf(t, h, "t1")
+	ti := taskOf(t, h, tid1)
 	ti.Headers["Authorization"] = "changed"
 	ti.Filter[0] = "changed"
 	peerOf(t, h, "p1").Tasks[0] = "changed"
-	h.f.BadSources("t1")["p1"] = 99
+	h.f.BadSources(tid1)["p1"] = 99
 	ph, _ := h.f.Preheat("ph1")
 	ph.Headers["A"] = "changed"
 
 	if h.hash() != before {
 		t.Fatalf("changing read API results changed the state")
 	}
-	if got := taskOf(t, h, "t1"); got.Headers["Authorization"] != "Bearer x" || got.Filter[0] != "token" {
+	if got := taskOf(t, h, tid1); got.Headers["Authorization"] != "Bearer x" || got.Filter[0] != "token" {
 		t.Errorf("Task(t1) = %+v after the caller changed a copy", got)
 	}
 }
@@ -828,16 +828,16 @@ func TestFullRangePieceReportIsCheap(t *testing.T) {
 	const runs = 3
 	h := newHarness(t)
 	h.must(fixture()...)
-	h.must(fsm.TaskRegister{TaskID: "big", URL: "u"},
-		fsm.TaskMeta{TaskID: "big", Generation: 1, PieceCount: api.MaxPieceIndex + 1})
+	h.must(fsm.TaskRegister{TaskID: tidBig, URL: "u"},
+		fsm.TaskMeta{TaskID: tidBig, Generation: 1, PieceCount: api.MaxPieceIndex + 1})
 	var regs []fsm.Command
 	for i := 0; i <= runs; i++ {
-		regs = append(regs, fsm.PeerRegister{ID: fmt.Sprintf("big%d", i)})
+		regs = append(regs, fsm.PeerRegister{ID: fmt.Sprintf("big%d", i), IP: "10.1.0.1", Hostname: fmt.Sprintf("big-%d", i), Port: 65000})
 	}
 	h.must(regs...)
 	logs := make([]*raft.Log, runs+1) // AllocsPerRun calls once more than runs
 	for i := range logs {
-		logs[i] = h.entry(fsm.PieceReport{TaskID: "big", PeerID: fmt.Sprintf("big%d", i), Success: true,
+		logs[i] = h.entry(fsm.PieceReport{TaskID: tidBig, PeerID: fmt.Sprintf("big%d", i), Success: true,
 			Spans: spansOf(0, api.MaxPieceIndex)})
 	}
 	next := 0
@@ -845,7 +845,7 @@ func TestFullRangePieceReportIsCheap(t *testing.T) {
 		h.f.ApplyBatch(logs[next : next+1])
 		next++
 	})
-	if got, want := h.f.HeldCount("big"), (runs+1)*(api.MaxPieceIndex+1); got != want {
+	if got, want := h.f.HeldCount(tidBig), (runs+1)*(api.MaxPieceIndex+1); got != want {
 		t.Fatalf("HeldCount = %d, want %d", got, want)
 	}
 	if allocs > 100 {

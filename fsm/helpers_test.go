@@ -3,9 +3,11 @@ package fsm_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -201,6 +203,30 @@ func checkErr(tb testing.TB, r fsm.Result) {
 	}
 }
 
+// taskID returns a valid task ID (64 lowercase hex characters, as api.TaskID makes them)
+// standing for name: the SHA-256 of name.
+func taskID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return hex.EncodeToString(sum[:])
+}
+
+// Task IDs of the tests, by the names the tests use for them.
+var (
+	tid1    = taskID("t1")
+	tid2    = taskID("t2")
+	tid3    = taskID("t3")
+	tid4    = taskID("t4")
+	tid9    = taskID("t9")
+	tidBig  = taskID("big")
+	tidNope = taskID("nope") // never registered
+)
+
+// Expected digests, normalized as api.NormalizeDigest returns them.
+var (
+	sha256Digest = "sha256:" + strings.Repeat("ab", 32)
+	md5Digest    = "md5:" + strings.Repeat("0", 32)
+)
+
 // The common fixture: two members, three peers, task t1 (16 pieces, generation 1) joined
 // by p1.
 var (
@@ -209,11 +235,17 @@ var (
 	p1 = fsm.PeerRegister{ID: "p1", IP: "192.168.1.1", Hostname: "node-1", Port: 65001}
 	p2 = fsm.PeerRegister{ID: "p2", IP: "192.168.1.2", Hostname: "node-2", Port: 65002}
 	p3 = fsm.PeerRegister{ID: "p3", IP: "192.168.1.3", Hostname: "node-3", Port: 65003}
-	t1 = fsm.TaskRegister{TaskID: "t1", URL: "http://origin/a.bin", Digest: "sha256:abc", PeerID: "p1",
+	t1 = fsm.TaskRegister{TaskID: tid1, URL: "http://origin/a.bin", Digest: sha256Digest, PeerID: "p1",
 		Headers: map[string]string{"Authorization": "Bearer x"}, Filter: []string{"token"}}
-	t1Meta = fsm.TaskMeta{TaskID: "t1", Generation: 1, Status: fsm.TaskRunning,
+	t1Meta = fsm.TaskMeta{TaskID: tid1, Generation: 1, Status: fsm.TaskRunning,
 		PieceSize: 4 << 20, ContentLength: 16*(4<<20) - 100, PieceCount: 16}
 )
+
+// join is the TaskRegister by which peer pid joins the existing task id (a TaskRegister
+// always carries the task's URL, even when the task exists).
+func join(id, pid string) fsm.TaskRegister {
+	return fsm.TaskRegister{TaskID: id, URL: "http://origin/joined", PeerID: pid}
+}
 
 func fixture() []fsm.Command {
 	return []fsm.Command{m1, m2, p1, p2, p3, t1, t1Meta}

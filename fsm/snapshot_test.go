@@ -20,7 +20,7 @@ import (
 var (
 	richMembers  = []string{"m1", "m2", "m3", "m9"}
 	richPeers    = []string{"p1", "p2", "p3", "p4", "p5", "p6", "p9"}
-	richTasks    = []string{"t1", "t2", "t3", "t4", "t9"}
+	richTasks    = []string{tid1, tid2, tid3, tid4, tid9}
 	richPreheats = []string{"ph1", "ph2", "ph3", "ph9"}
 )
 
@@ -41,44 +41,44 @@ func buildRich(h *harness) {
 	}
 	h.must(regs...)
 	h.must(
-		fsm.TaskRegister{TaskID: "t1", URL: "http://origin/a.bin", Digest: "sha256:a", PeerID: "p1",
+		fsm.TaskRegister{TaskID: tid1, URL: "http://origin/a.bin", Digest: sha256Digest, PeerID: "p1",
 			Headers: map[string]string{"Authorization": "Bearer a", "X-Trace": "1"}, Filter: []string{"token"}},
-		fsm.TaskRegister{TaskID: "t2", URL: "http://origin/b.bin", PeerID: "p5"},
-		fsm.TaskRegister{TaskID: "t3", URL: "http://origin/c.bin"},
-		fsm.TaskRegister{TaskID: "t4", URL: "http://origin/d.bin", PeerID: "p1"},
-		fsm.TaskRegister{TaskID: "t1", PeerID: "p4"},
-		fsm.TaskRegister{TaskID: "t2", PeerID: "p2"},
+		fsm.TaskRegister{TaskID: tid2, URL: "http://origin/b.bin", PeerID: "p5"},
+		fsm.TaskRegister{TaskID: tid3, URL: "http://origin/c.bin"},
+		fsm.TaskRegister{TaskID: tid4, URL: "http://origin/d.bin", PeerID: "p1"},
+		join(tid1, "p4"),
+		join(tid2, "p2"),
 	)
 	h.must(
-		fsm.TaskMeta{TaskID: "t1", Generation: 1, Status: fsm.TaskRunning, PieceSize: 1 << 20, ContentLength: 64 << 20, PieceCount: 64},
-		fsm.TaskMeta{TaskID: "t2", Generation: 1, Status: fsm.TaskRunning, PieceSize: -1, ContentLength: -1, PieceCount: -1},
+		fsm.TaskMeta{TaskID: tid1, Generation: 1, Status: fsm.TaskRunning, PieceSize: 1 << 20, ContentLength: 64 << 20, PieceCount: 64},
+		fsm.TaskMeta{TaskID: tid2, Generation: 1, Status: fsm.TaskRunning, PieceSize: -1, ContentLength: -1, PieceCount: -1},
 	)
 	h.must(
-		fsm.PieceReport{TaskID: "t2", PeerID: "p5", Success: true, Spans: spansOf(0, 9)},
-		fsm.PiecesCached{TaskID: "t2", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t2g1", 0, 4)},
+		fsm.PieceReport{TaskID: tid2, PeerID: "p5", Success: true, Spans: spansOf(0, 9)},
+		fsm.PiecesCached{TaskID: tid2, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t2g1", 0, 4)},
 	)
-	h.must(fsm.TaskMeta{TaskID: "t2", Generation: 2, Status: fsm.TaskSuccess, PieceSize: 2 << 20, ContentLength: 60 << 20, PieceCount: 30})
+	h.must(fsm.TaskMeta{TaskID: tid2, Generation: 2, Status: fsm.TaskSuccess, PieceSize: 2 << 20, ContentLength: 60 << 20, PieceCount: 30})
 	h.must(
-		fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(0, 15, 20, 40)},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p2", Success: true, Spans: spansOf(0, 63)},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p3", Success: true, Spans: spansOf(5, 5)},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p6", Success: true, Spans: spansOf(10, 20)},
-		fsm.PieceReport{TaskID: "t2", PeerID: "p5", Generation: 2, Success: true, Spans: spansOf(0, 29)},
-		fsm.PieceReport{TaskID: "t4", PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
-	)
-	h.must(
-		fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 32)},
-		fsm.PiecesCached{TaskID: "t1", MemberID: "m2", Generation: 1, First: 16, Digests: digests("t1", 16, 32)},
-		fsm.PiecesCached{TaskID: "t2", MemberID: "m2", Generation: 2, First: 0, Digests: digests("t2", 0, 8)},
-		fsm.PiecesCached{TaskID: "t2", MemberID: "m1", Generation: 2, First: 12, Digests: digests("t2", 12, 2)}, // 8-11 not cached
+		fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(0, 15, 20, 40)},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p2", Success: true, Spans: spansOf(0, 63)},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p3", Success: true, Spans: spansOf(5, 5)},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p6", Success: true, Spans: spansOf(10, 20)},
+		fsm.PieceReport{TaskID: tid2, PeerID: "p5", Generation: 2, Success: true, Spans: spansOf(0, 29)},
+		fsm.PieceReport{TaskID: tid4, PeerID: "p1", Success: true, Spans: spansOf(0, 3)},
 	)
 	h.must(
-		fsm.PieceReport{TaskID: "t1", PeerID: "p3", Source: "p1", Spans: spansOf(0, 3)},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p3", Source: "m1", Spans: spansOf(6, 6)},
-		fsm.PieceReport{TaskID: "t1", PeerID: "p4", Source: "p2", Spans: spansOf(7, 8)},
-		fsm.TaskPeerState{TaskID: "t1", PeerID: "p1", State: fsm.PeerTaskSuccess},
-		fsm.TaskPeerState{TaskID: "t2", PeerID: "p5", State: fsm.PeerTaskRunning},
-		fsm.TaskPeerState{TaskID: "t3", PeerID: "p3", State: fsm.PeerTaskFailed},
+		fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 0, Digests: digests("t1", 0, 32)},
+		fsm.PiecesCached{TaskID: tid1, MemberID: "m2", Generation: 1, First: 16, Digests: digests("t1", 16, 32)},
+		fsm.PiecesCached{TaskID: tid2, MemberID: "m2", Generation: 2, First: 0, Digests: digests("t2", 0, 8)},
+		fsm.PiecesCached{TaskID: tid2, MemberID: "m1", Generation: 2, First: 12, Digests: digests("t2", 12, 2)}, // 8-11 not cached
+	)
+	h.must(
+		fsm.PieceReport{TaskID: tid1, PeerID: "p3", Source: "p1", Spans: spansOf(0, 3)},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p3", Source: "m1", Spans: spansOf(6, 6)},
+		fsm.PieceReport{TaskID: tid1, PeerID: "p4", Source: "p2", Spans: spansOf(7, 8)},
+		fsm.TaskPeerState{TaskID: tid1, PeerID: "p1", State: fsm.PeerTaskSuccess},
+		fsm.TaskPeerState{TaskID: tid2, PeerID: "p5", State: fsm.PeerTaskRunning},
+		fsm.TaskPeerState{TaskID: tid3, PeerID: "p3", State: fsm.PeerTaskFailed},
 	)
 	h.must(
 		fsm.PreheatCreate{ID: "ph1", Kind: "file", URL: "http://origin/e.bin", Headers: map[string]string{"Cookie": "c"}},
@@ -89,7 +89,7 @@ func buildRich(h *harness) {
 		fsm.PreheatUpdate{ID: "ph2", Status: "failed", Error: "registry: 401"},
 		fsm.PreheatUpdate{ID: "ph3", Status: "success"},
 		fsm.PeerRemove{IDs: []string{"p6"}},
-		fsm.TaskDelete{TaskID: "t4"},
+		fsm.TaskDelete{TaskID: tid4},
 	)
 }
 
@@ -175,11 +175,11 @@ func TestRichStateIsRich(t *testing.T) {
 	if d.Counts != [4]int{3, 5, 3, 3} {
 		t.Errorf("Counts = %v, want 3 members, 5 peers, 3 tasks, 3 preheats", d.Counts)
 	}
-	if d.Held["t1"] != 37+64+1 || d.Held["t2"] != 30 || d.Tasks["t1"].PiecesCached != 48 || d.Tasks["t2"].PiecesCached != 10 {
-		t.Errorf("held %v, cached t1 %d t2 %d", d.Held, d.Tasks["t1"].PiecesCached, d.Tasks["t2"].PiecesCached)
+	if d.Held[tid1] != 37+64+1 || d.Held[tid2] != 30 || d.Tasks[tid1].PiecesCached != 48 || d.Tasks[tid2].PiecesCached != 10 {
+		t.Errorf("held %v, cached t1 %d t2 %d", d.Held, d.Tasks[tid1].PiecesCached, d.Tasks[tid2].PiecesCached)
 	}
-	if len(d.Bad["t1"]) != 3 || d.Tasks["t2"].Generation != 2 || d.Tasks["t1"].Peers != 4 || d.Member["m3"].Alive {
-		t.Errorf("bad sources %v, t2 %+v, t1 %+v", d.Bad["t1"], d.Tasks["t2"], d.Tasks["t1"])
+	if len(d.Bad[tid1]) != 3 || d.Tasks[tid2].Generation != 2 || d.Tasks[tid1].Peers != 4 || d.Member["m3"].Alive {
+		t.Errorf("bad sources %v, t2 %+v, t1 %+v", d.Bad[tid1], d.Tasks[tid2], d.Tasks[tid1])
 	}
 }
 
@@ -221,10 +221,11 @@ func TestRestoreReplacesState(t *testing.T) {
 	p := persist(t, snap)
 
 	dst := newHarness(t)
-	dst.must(fsm.MemberUpsert{ID: "other"}, fsm.PeerRegister{ID: "p1", IP: "1.1.1.1"},
-		fsm.TaskRegister{TaskID: "t9", URL: "u", PeerID: "p1"}, fsm.PreheatCreate{ID: "ph9"})
+	dst.must(fsm.MemberUpsert{ID: "other", HTTPAddr: "10.0.0.7:8002", RaftAddr: "10.0.0.7:8003"},
+		fsm.PeerRegister{ID: "p1", IP: "1.1.1.1", Hostname: "elsewhere", Port: 1},
+		fsm.TaskRegister{TaskID: tid9, URL: "u", PeerID: "p1"}, fsm.PreheatCreate{ID: "ph9", Kind: "file", URL: "u"})
 	for i := 0; i < 100; i++ { // a later applied index than the snapshot's
-		dst.must(fsm.PieceReport{TaskID: "t9", PeerID: "p1", Success: true, Spans: spansOf(uint32(i), uint32(i))})
+		dst.must(fsm.PieceReport{TaskID: tid9, PeerID: "p1", Success: true, Spans: spansOf(uint32(i), uint32(i))})
 	}
 	if err := dst.f.Restore(&closeTracker{Reader: bytes.NewReader(p)}); err != nil {
 		t.Fatalf("Restore: %v", err)
@@ -244,27 +245,27 @@ var mutations = []struct {
 	name string
 	cmds []fsm.Command
 }{
-	{"new pieces for an existing holder", []fsm.Command{fsm.PieceReport{TaskID: "t1", PeerID: "p1", Success: true, Spans: spansOf(16, 19, 41, 63)}}},
-	{"first pieces of a joined peer", []fsm.Command{fsm.PieceReport{TaskID: "t1", PeerID: "p4", Success: true, Spans: spansOf(0, 1)}}},
-	{"pieces of a peer new to the task", []fsm.Command{fsm.PieceReport{TaskID: "t2", PeerID: "p3", Success: true, Spans: spansOf(3, 3)}}},
-	{"bad source", []fsm.Command{fsm.PieceReport{TaskID: "t1", PeerID: "p3", Source: "p1", Spans: spansOf(9, 9)}}},
-	{"same generation meta", []fsm.Command{fsm.TaskMeta{TaskID: "t1", Generation: 1, Status: fsm.TaskSuccess, PieceSize: 1 << 20, ContentLength: 64 << 20, PieceCount: 64}}},
-	{"cached pieces", []fsm.Command{fsm.PiecesCached{TaskID: "t1", MemberID: "m3", Generation: 1, First: 48, Digests: digests("t1", 48, 3)}}},
-	{"cached pieces between cached ones", []fsm.Command{fsm.PiecesCached{TaskID: "t2", MemberID: "m3", Generation: 2, First: 9, Digests: digests("t2", 9, 2)}}},
-	{"cached pieces of a member that had some", []fsm.Command{fsm.PiecesCached{TaskID: "t1", MemberID: "m1", Generation: 1, First: 32, Digests: digests("t1", 32, 1)}}},
+	{"new pieces for an existing holder", []fsm.Command{fsm.PieceReport{TaskID: tid1, PeerID: "p1", Success: true, Spans: spansOf(16, 19, 41, 63)}}},
+	{"first pieces of a joined peer", []fsm.Command{fsm.PieceReport{TaskID: tid1, PeerID: "p4", Success: true, Spans: spansOf(0, 1)}}},
+	{"pieces of a peer new to the task", []fsm.Command{fsm.PieceReport{TaskID: tid2, PeerID: "p3", Success: true, Spans: spansOf(3, 3)}}},
+	{"bad source", []fsm.Command{fsm.PieceReport{TaskID: tid1, PeerID: "p3", Source: "p1", Spans: spansOf(9, 9)}}},
+	{"same generation meta", []fsm.Command{fsm.TaskMeta{TaskID: tid1, Generation: 1, Status: fsm.TaskSuccess, PieceSize: 1 << 20, ContentLength: 64 << 20, PieceCount: 64}}},
+	{"cached pieces", []fsm.Command{fsm.PiecesCached{TaskID: tid1, MemberID: "m3", Generation: 1, First: 48, Digests: digests("t1", 48, 3)}}},
+	{"cached pieces between cached ones", []fsm.Command{fsm.PiecesCached{TaskID: tid2, MemberID: "m3", Generation: 2, First: 9, Digests: digests("t2", 9, 2)}}},
+	{"cached pieces of a member that had some", []fsm.Command{fsm.PiecesCached{TaskID: tid1, MemberID: "m1", Generation: 1, First: 32, Digests: digests("t1", 32, 1)}}},
 	{"member liveness", []fsm.Command{fsm.MemberAlive{ID: "m1", Alive: false}}},
-	{"member address", []fsm.Command{fsm.MemberUpsert{ID: "m2", HTTPAddr: "new", RaftAddr: "new"}}},
+	{"member address", []fsm.Command{fsm.MemberUpsert{ID: "m2", HTTPAddr: "new.example:8002", RaftAddr: "new.example:8003"}}},
 	{"peer registers again", []fsm.Command{fsm.PeerRegister{ID: "p1", IP: "10.9.9.9", Hostname: "moved", Port: 1}}},
-	{"new peer", []fsm.Command{fsm.PeerRegister{ID: "p9", IP: "10.9.9.9"}}},
-	{"peer joins a task", []fsm.Command{fsm.TaskRegister{TaskID: "t3", PeerID: "p1"}}},
-	{"peer task state", []fsm.Command{fsm.TaskPeerState{TaskID: "t1", PeerID: "p1", State: fsm.PeerTaskFailed}}},
-	{"new task", []fsm.Command{fsm.TaskRegister{TaskID: "t9", URL: "u9", PeerID: "p2"}}},
+	{"new peer", []fsm.Command{fsm.PeerRegister{ID: "p9", IP: "10.9.9.9", Hostname: "node-9", Port: 65009}}},
+	{"peer joins a task", []fsm.Command{join(tid3, "p1")}},
+	{"peer task state", []fsm.Command{fsm.TaskPeerState{TaskID: tid1, PeerID: "p1", State: fsm.PeerTaskFailed}}},
+	{"new task", []fsm.Command{fsm.TaskRegister{TaskID: tid9, URL: "u9", PeerID: "p2"}}},
 	{"preheat progress", []fsm.Command{fsm.PreheatUpdate{ID: "ph1", Status: "running"}}},
-	{"new preheat", []fsm.Command{fsm.PreheatCreate{ID: "ph9", URL: "u"}}},
-	{"new generation", []fsm.Command{fsm.TaskMeta{TaskID: "t1", Generation: 2, Status: fsm.TaskRunning, PieceCount: 10}}},
+	{"new preheat", []fsm.Command{fsm.PreheatCreate{ID: "ph9", Kind: "image", URL: "u"}}},
+	{"new generation", []fsm.Command{fsm.TaskMeta{TaskID: tid1, Generation: 2, Status: fsm.TaskRunning, PieceCount: 10}}},
 	{"member removal", []fsm.Command{fsm.MemberRemove{ID: "m1"}}},
 	{"peer removal", []fsm.Command{fsm.PeerRemove{IDs: []string{"p2"}}}},
-	{"task deletion", []fsm.Command{fsm.TaskDelete{TaskID: "t1"}}},
+	{"task deletion", []fsm.Command{fsm.TaskDelete{TaskID: tid1}}},
 }
 
 // allMutations applies every mutation, one entry each, in order.
@@ -513,13 +514,13 @@ func TestStateHashIgnoresInsertionOrder(t *testing.T) {
 	groups := func() [][]fsm.Command {
 		var members, peers, tasks, pieces, preheats []fsm.Command
 		for i := 0; i < 20; i++ {
-			members = append(members, fsm.MemberUpsert{ID: fmt.Sprintf("m%02d", i), HTTPAddr: "h", RaftAddr: "r"})
-			peers = append(peers, fsm.PeerRegister{ID: fmt.Sprintf("p%02d", i), IP: "ip", Port: uint16(i)})
-			preheats = append(preheats, fsm.PreheatCreate{ID: fmt.Sprintf("ph%02d", i), URL: "u",
+			members = append(members, fsm.MemberUpsert{ID: fmt.Sprintf("m%02d", i), HTTPAddr: "h:8002", RaftAddr: "r:8003"})
+			peers = append(peers, fsm.PeerRegister{ID: fmt.Sprintf("p%02d", i), IP: "10.0.1.1", Hostname: "h", Port: uint16(i + 1)})
+			preheats = append(preheats, fsm.PreheatCreate{ID: fmt.Sprintf("ph%02d", i), Kind: "file", URL: "u",
 				Headers: map[string]string{"A": "1", "B": "2", "C": fmt.Sprint(i)}})
 		}
 		for i := 0; i < 5; i++ {
-			tid := fmt.Sprintf("t%d", i)
+			tid := taskID(fmt.Sprintf("t%d", i))
 			for j := 0; j < 20; j += 2 {
 				tasks = append(tasks, fsm.TaskRegister{TaskID: tid, URL: "u/" + tid, PeerID: fmt.Sprintf("p%02d", (i+j)%20),
 					Headers: map[string]string{"X": tid, "Y": "y"}})
@@ -561,7 +562,7 @@ func TestStateHashIgnoresInsertionOrder(t *testing.T) {
 	for _, g := range groups() {
 		all = append(all, g...)
 	}
-	h.must(append(all, fsm.PieceReport{TaskID: "t0", PeerID: "p00", Success: true, Spans: spansOf(50, 50)})...)
+	h.must(append(all, fsm.PieceReport{TaskID: taskID("t0"), PeerID: "p00", Success: true, Spans: spansOf(50, 50)})...)
 	if h.hash() == want {
 		t.Errorf("one more piece held, same hash")
 	}
