@@ -13,13 +13,15 @@ import (
 type sinkFunc func(cmds []fsm.Command) (uint64, []fsm.Result, error)
 
 // batcher merges the commands of concurrent proposals. Each of its workers takes one
-// proposal, adds whatever else is already waiting (up to maxCommands), and commits them
-// together through the sink; while the workers are busy, new proposals queue up and form
-// the next, larger, batch. So batches grow with load and a lone write is not delayed.
+// proposal, adds whatever else is already waiting (up to maxCommands commands and maxBytes
+// encoded bytes), and commits them together through the sink; while the workers are busy,
+// new proposals queue up and form the next, larger, batch. So batches grow with load and a
+// lone write is not delayed. A single proposal larger than the bounds goes alone.
 type batcher struct {
 	in          chan *proposal
 	sink        sinkFunc
 	maxCommands int
+	maxBytes    int
 	stop        chan struct{}
 	wg          sync.WaitGroup
 	onBatch     func(commands int) // metrics hook, may be nil
@@ -27,6 +29,7 @@ type batcher struct {
 
 type proposal struct {
 	cmds []fsm.Command
+	size int                 // encoded bytes
 	done chan proposalResult // buffered: a worker never blocks on a caller that gave up
 }
 
@@ -36,11 +39,12 @@ type proposalResult struct {
 	err     error
 }
 
-func newBatcher(sink sinkFunc, workers, maxCommands int, onBatch func(int)) *batcher {
+func newBatcher(sink sinkFunc, workers, maxCommands, maxBytes int, onBatch func(int)) *batcher {
 	b := &batcher{
 		in:          make(chan *proposal, 4*maxCommands),
 		sink:        sink,
 		maxCommands: maxCommands,
+		maxBytes:    maxBytes,
 		stop:        make(chan struct{}),
 		onBatch:     onBatch,
 	}
@@ -54,7 +58,7 @@ func newBatcher(sink sinkFunc, workers, maxCommands int, onBatch func(int)) *bat
 // submit proposes cmds and waits for their results. If ctx ends first the commands may
 // still be committed later.
 func (b *batcher) submit(ctx context.Context, cmds []fsm.Command) (uint64, []fsm.Result, error) {
-	p := &proposal{cmds: cmds, done: make(chan proposalResult, 1)}
+	p := &proposal{cmds: cmds, size: fsm.EncodedSize(cmds), done: make(chan proposalResult, 1)}
 	select {
 	case b.in <- p:
 	case <-ctx.Done():
@@ -76,20 +80,29 @@ func (b *batcher) work() {
 	defer b.wg.Done()
 	var batch []*proposal
 	var cmds []fsm.Command
+	var carry *proposal // taken from the queue but too big for the batch it was drained into
 	for {
-		select {
-		case p := <-b.in:
-			batch = append(batch[:0], p)
-		case <-b.stop:
-			return
-		}
-		n := len(batch[0].cmds)
-	drain:
-		for n < b.maxCommands {
+		if carry != nil {
+			batch, carry = append(batch[:0], carry), nil
+		} else {
 			select {
 			case p := <-b.in:
+				batch = append(batch[:0], p)
+			case <-b.stop:
+				return
+			}
+		}
+		n, size := len(batch[0].cmds), batch[0].size
+	drain:
+		for n < b.maxCommands && size < b.maxBytes {
+			select {
+			case p := <-b.in:
+				if n+len(p.cmds) > b.maxCommands || size+p.size > b.maxBytes {
+					carry = p
+					break drain
+				}
 				batch = append(batch, p)
-				n += len(p.cmds)
+				n, size = n+len(p.cmds), size+p.size
 			default:
 				break drain
 			}

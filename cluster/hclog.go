@@ -23,7 +23,7 @@ func newHCLogger(log *zap.Logger) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       "raft",
 		Level:      level,
-		Output:     hclogWriter{log},
+		Output:     hclogWriter{log.WithOptions(zap.WithCaller(false))},
 		JSONFormat: true,
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dfly-ha/dfha/fsm"
@@ -36,8 +37,10 @@ type Node struct {
 	observer     *raft.Observer
 	metrics      *metrics
 
-	mu      sync.Mutex
-	failing map[raft.ServerID]time.Time // followers whose heartbeats fail, since when (leader only)
+	mu       sync.Mutex
+	failing  map[raft.ServerID]failure // followers whose heartbeats fail (leader only)
+	leaving  atomic.Bool               // this member is removing itself: do not re-add it
+	hadState bool                      // the data dir held Raft state at start
 
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -58,7 +61,7 @@ func Open(cfg Config) (*Node, error) {
 		log:          log,
 		fsm:          fsm.New(cfg.Logger.Named("fsm")),
 		fwd:          &fasthttp.Client{Name: "dfha-member", ReadTimeout: cfg.ApplyTimeout + 5*time.Second, WriteTimeout: 10 * time.Second, MaxConnsPerHost: 256, MaxResponseBodySize: 16 << 20},
-		failing:      map[raft.ServerID]time.Time{},
+		failing:      map[raft.ServerID]failure{},
 		stop:         make(chan struct{}),
 		observations: make(chan raft.Observation, 256),
 	}
@@ -93,7 +96,7 @@ func Open(cfg Config) (*Node, error) {
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  &tcpStream{ln: ln, advertise: adv},
 		MaxPool: 4,
-		Timeout: 10 * time.Second,
+		Timeout: transportTimeout,
 		Logger:  hclogger,
 	})
 
@@ -119,6 +122,7 @@ func Open(cfg Config) (*Node, error) {
 		n.closeStores()
 		return nil, fmt.Errorf("inspect raft state: %w", err)
 	}
+	n.hadState = existing
 	if cfg.Bootstrap && existing {
 		log.Info("data dir already holds raft state: bootstrap ignored", zap.String("data_dir", cfg.DataDir))
 	}
@@ -148,8 +152,8 @@ func Open(cfg Config) (*Node, error) {
 	})
 	r.RegisterObserver(n.observer)
 
-	n.leaderWrites = newBatcher(n.commit, cfg.BatchWorkers, cfg.BatchMaxCommands, n.metrics.observeBatch)
-	n.forwardWrites = newBatcher(n.forward, cfg.BatchWorkers, cfg.BatchMaxCommands, nil)
+	n.leaderWrites = newBatcher(n.commit, cfg.BatchWorkers, cfg.BatchMaxCommands, cfg.BatchMaxBytes, n.metrics.observeBatch)
+	n.forwardWrites = newBatcher(n.forward, cfg.ForwardWorkers, cfg.BatchMaxCommands, cfg.BatchMaxBytes, nil)
 	n.wg.Add(2)
 	go n.watch()
 	go n.leaderDuties()
@@ -162,6 +166,14 @@ func (n *Node) closeStores() {
 	}
 	n.store.Close()
 }
+
+// transportTimeout bounds a Raft RPC's dial and I/O: a member that stops answering without
+// closing connections (power loss, partition) shows as failing after this long.
+const transportTimeout = 3 * time.Second
+
+// HadState reports whether the data dir held Raft state when the node started: false for a
+// member that has never been part of a cluster (it must bootstrap or join).
+func (n *Node) HadState() bool { return n.hadState }
 
 // FSM returns the member's replicated state (read side).
 func (n *Node) FSM() *fsm.FSM { return n.fsm }
@@ -249,7 +261,7 @@ func (n *Node) forward(cmds []fsm.Command) (uint64, []fsm.Result, error) {
 	}
 	req.SetBodyRaw(fsm.Batch{Commands: cmds}.Encode())
 	if err := n.fwd.DoTimeout(req, resp, n.cfg.ApplyTimeout+5*time.Second); err != nil {
-		return 0, nil, fmt.Errorf("%w: leader %s: %v", ErrNoLeader, addr, err)
+		return 0, nil, fmt.Errorf("%w: leader %s: %v", ErrForward, addr, err)
 	}
 	switch resp.StatusCode() {
 	case fasthttp.StatusOK:
@@ -280,10 +292,18 @@ func (n *Node) AddMember(ctx context.Context, id, httpAddr, raftAddr string) err
 		if string(s.Address) == raftAddr && string(s.ID) != id {
 			return fmt.Errorf("%w: raft address %s already belongs to member %s", ErrMemberConflict, raftAddr, s.ID)
 		}
-		if string(s.ID) == id && string(s.Address) == raftAddr && s.Suffrage == raft.Voter {
+		if string(s.ID) == id && string(s.Address) != raftAddr {
+			// Another host (or a typo'd --id) must not take over a member's identity.
+			return fmt.Errorf("%w: member %s already exists with raft address %s; remove it first to move it", ErrMemberConflict, id, s.Address)
+		}
+		if string(s.ID) == id && s.Suffrage == raft.Voter {
 			present = true
 		}
 	}
+	if m, ok := n.fsm.Member(id); ok && present && m.HTTPAddr != httpAddr {
+		return fmt.Errorf("%w: member %s already exists with http address %s", ErrMemberConflict, id, m.HTTPAddr)
+	}
+	n.forgetFailures(id)
 	if !present {
 		if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, n.cfg.ApplyTimeout).Error(); err != nil {
 			return translate(err)
@@ -324,8 +344,11 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 		}
 		return res[0].Err()
 	}
+	n.forgetFailures(id)
 	if id == n.cfg.ID { // the leader removes itself: record it while it still leads
+		n.leaving.Store(true)
 		if err := removeFromState(); err != nil {
+			n.leaving.Store(false)
 			return err
 		}
 	}
@@ -396,20 +419,29 @@ func (n *Node) Barrier(timeout time.Duration) error {
 // Stats exposes Raft's own counters (for metrics and debugging).
 func (n *Node) Stats() map[string]string { return n.raft.Stats() }
 
+// HandOver transfers leadership to another member if this one leads, and waits for it
+// (bounded by Raft). Writes then go to the new leader; this member keeps following.
+func (n *Node) HandOver() {
+	if !n.IsLeader() {
+		return
+	}
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		n.log.Warn("leadership transfer failed", zap.Error(err))
+		return
+	}
+	n.log.Info("leadership handed over")
+}
+
 // Shutdown stops the node. With handOver, a leader first transfers leadership so that
 // clients see the shortest gap. It never removes the member from the cluster.
 func (n *Node) Shutdown(handOver bool) error {
 	var err error
 	n.stopOnce.Do(func() {
+		if handOver {
+			n.HandOver()
+		}
 		close(n.stop)
 		n.wg.Wait()
-		if handOver && n.IsLeader() {
-			if terr := n.raft.LeadershipTransfer().Error(); terr != nil {
-				n.log.Warn("leadership transfer before shutdown failed", zap.Error(terr))
-			} else {
-				n.log.Info("leadership handed over before shutdown")
-			}
-		}
 		n.raft.DeregisterObserver(n.observer)
 		err = n.raft.Shutdown().Error()
 		n.leaderWrites.close()
