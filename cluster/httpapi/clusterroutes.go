@@ -148,10 +148,22 @@ func (s *Server) forwarded(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusBadRequest, "member-to-member route")
 		return
 	}
+	if _, member := s.fsm.Member(string(ctx.Request.Header.Peek(api.HeaderForwarded))); !member {
+		s.fail(ctx, fasthttp.StatusForbidden, "forwarded writes are accepted from members only")
+		return
+	}
 	b, err := fsm.DecodeBatch(ctx.PostBody())
 	if err != nil || len(b.Commands) == 0 {
 		s.fail(ctx, fasthttp.StatusBadRequest, "malformed forwarded batch")
 		return
+	}
+	for _, c := range b.Commands {
+		switch c.(type) {
+		case fsm.MemberUpsert, fsm.MemberRemove, fsm.MemberAlive:
+			// membership is changed by the leader itself (join, removal, liveness), never forwarded
+			s.fail(ctx, fasthttp.StatusBadRequest, "membership commands cannot be forwarded")
+			return
+		}
 	}
 	c, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
 	defer cancel()

@@ -5,13 +5,13 @@ import (
 	"encoding/hex"
 	"net"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/dfly-ha/dfha/fsm"
 	"github.com/dfly-ha/dfha/sdk/api"
 	"github.com/valyala/fasthttp"
 )
-
-const maxHostnameLen = 255
 
 func (s *Server) registerPeer(ctx *fasthttp.RequestCtx) {
 	var req api.RegisterPeerRequest
@@ -31,22 +31,18 @@ func (s *Server) registerPeer(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusBadRequest, "port must be in 1..65535")
 		return
 	}
-	if req.Hostname == "" || len(req.Hostname) > maxHostnameLen || !printable(req.Hostname) {
+	if req.Hostname == "" || len(req.Hostname) > fsm.MaxHostnameLen || !utf8.ValidString(req.Hostname) || !printable(req.Hostname) {
 		s.fail(ctx, fasthttp.StatusBadRequest, "hostname must be 1..255 printable characters")
 		return
 	}
 	if req.ID == "" {
 		req.ID = newPeerID(req.Hostname)
 	}
-	_, res, ok := s.propose(ctx, fsm.PeerRegister{ID: req.ID, IP: ip.String(), Port: uint16(req.Port), Hostname: req.Hostname})
-	if !ok {
-		return
+	// Registering the same ID again (a retry, a restarted peer) answers 201 as well: the
+	// result is the same registered peer.
+	if _, _, ok := s.propose(ctx, fsm.PeerRegister{ID: req.ID, IP: ip.String(), Port: uint16(req.Port), Hostname: req.Hostname}); ok {
+		s.reply(ctx, fasthttp.StatusCreated, api.RegisterPeerResponse{ID: req.ID})
 	}
-	status := fasthttp.StatusCreated
-	if res[0].Code != fsm.CodeCreated {
-		status = fasthttp.StatusOK // the same ID registered again: idempotent
-	}
-	s.reply(ctx, status, api.RegisterPeerResponse{ID: req.ID})
 }
 
 // newPeerID makes an ID from the hostname and 64 random bits.
@@ -72,12 +68,7 @@ func newPeerID(hostname string) string {
 }
 
 func printable(s string) bool {
-	for _, c := range s {
-		if c < 0x20 || c == 0x7f {
-			return false
-		}
-	}
-	return true
+	return !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) })
 }
 
 func (s *Server) getPeer(ctx *fasthttp.RequestCtx) {
@@ -108,6 +99,9 @@ func (s *Server) heartbeat(ctx *fasthttp.RequestCtx) {
 	}
 	if hb.UploadsRunning < 0 || hb.UploadsRunning > 1<<16 {
 		s.fail(ctx, fasthttp.StatusBadRequest, "uploads_running must be in 0..65536")
+		return
+	}
+	if !s.readable(ctx) { // a peer that registered elsewhere passes min_index
 		return
 	}
 	if _, found := s.fsm.Peer(id); !found {

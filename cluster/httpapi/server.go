@@ -192,7 +192,10 @@ func (s *Server) authed(h fasthttp.RequestHandler) fasthttp.RequestHandler {
 // transportError answers fasthttp's own errors (bad request line, body too large, timeouts)
 // with JSON like every other error.
 func (s *Server) transportError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
 	switch {
+	case errors.As(err, &small):
+		s.fail(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		s.fail(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes))
 	default:
@@ -205,9 +208,14 @@ func (s *Server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	}
 }
 
-// fail answers with status and {"error": msg}.
+// fail answers with status and {"error": msg}. A write that was committed keeps its
+// X-Raft-Index even when its command failed, so the client can read at that index.
 func (s *Server) fail(ctx *fasthttp.RequestCtx, status int, msg string) {
+	index := string(ctx.Response.Header.Peek(api.HeaderRaftIndex))
 	ctx.Response.Reset()
+	if index != "" {
+		ctx.Response.Header.Set(api.HeaderRaftIndex, index)
+	}
 	if status == fasthttp.StatusServiceUnavailable {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}

@@ -3,20 +3,15 @@ package httpapi
 import (
 	"context"
 	"fmt"
-	"net/textproto"
-	"strings"
 
 	"github.com/dfly-ha/dfha/fsm"
 	"github.com/dfly-ha/dfha/sdk/api"
 	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
 )
 
-// Bounds of a task registration.
+// Bounds of requests beyond those of the commands (fsm.Max*).
 const (
-	maxURLLen     = 8 << 10
-	maxHeaders    = 64
-	maxHeaderLen  = 8 << 10
-	maxFilter     = 64
 	maxReasonLen  = 1 << 10
 	maxReportsReq = 1024
 )
@@ -26,16 +21,16 @@ func (s *Server) registerTask(ctx *fasthttp.RequestCtx) {
 	if !s.decode(ctx, &req) {
 		return
 	}
-	if len(req.URL) > maxURLLen {
-		s.fail(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("url longer than %d bytes", maxURLLen))
+	if len(req.URL) > fsm.MaxURLBytes {
+		s.fail(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("url longer than %d bytes", fsm.MaxURLBytes))
 		return
 	}
-	if err := validHeaders(req.Headers); err != nil {
+	if err := fsm.ValidHeaders(req.Headers); err != nil {
 		s.fail(ctx, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
-	if len(req.Filter) > maxFilter {
-		s.fail(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("at most %d filter names", maxFilter))
+	if err := fsm.ValidFilter(req.Filter); err != nil {
+		s.fail(ctx, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
 	if !api.ValidID(req.PeerID) {
@@ -62,20 +57,6 @@ func (s *Server) registerTask(ctx *fasthttp.RequestCtx) {
 		status = fasthttp.StatusCreated
 	}
 	s.replyTask(ctx, status, id, index, false)
-}
-
-// validHeaders checks origin headers: names are tokens, values have no line breaks.
-func validHeaders(h map[string]string) error {
-	if len(h) > maxHeaders {
-		return fmt.Errorf("at most %d headers", maxHeaders)
-	}
-	for k, v := range h {
-		if k == "" || len(k)+len(v) > maxHeaderLen || strings.ContainsAny(k, " \t\r\n:") ||
-			textproto.CanonicalMIMEHeaderKey(k) == "" || strings.ContainsAny(v, "\r\n\x00") {
-			return fmt.Errorf("header %q is not a valid HTTP header", k)
-		}
-	}
-	return nil
 }
 
 // replyTask answers with the task as this member sees it once it has applied index.
@@ -181,6 +162,10 @@ func (s *Server) reportRange(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
+	if req.Status == api.StatusFailed {
+		s.log.Debug("pieces reported failed", zap.String("task", id), zap.String("peer", req.PeerID),
+			zap.String("pieces", rng), zap.String("source", req.Source), zap.String("reason", req.Reason))
+	}
 	if _, _, ok := s.propose(ctx, cmd); ok {
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	}
@@ -207,6 +192,10 @@ func (s *Server) reportBatch(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		cmds[i] = cmd
+		if r.Status == api.StatusFailed {
+			s.log.Debug("pieces reported failed", zap.String("task", id), zap.String("peer", req.PeerID),
+				zap.String("pieces", r.Pieces), zap.String("source", r.Source), zap.String("reason", r.Reason))
+		}
 	}
 	if _, _, ok := s.propose(ctx, cmds...); ok {
 		ctx.SetStatusCode(fasthttp.StatusNoContent)

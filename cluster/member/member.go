@@ -86,8 +86,10 @@ type Member struct {
 }
 
 // Start brings a member up. On a data dir that already holds an identity, the member comes
-// back as it was (ID and addresses from the data dir; Bootstrap and Join are ignored).
-func Start(cfg Config) (*Member, error) {
+// back as it was (ID and addresses from the data dir). Whether it still has to bootstrap or
+// join is decided by its Raft state, not its identity: a member whose first join failed
+// joins again when started with --join. ctx bounds the join (and cancels it on a signal).
+func Start(ctx context.Context, cfg Config) (*Member, error) {
 	cfg.applyDefaults()
 	log := cfg.Logger
 	ident, existing, err := cluster.LoadIdentity(cfg.DataDir)
@@ -98,17 +100,21 @@ func Start(cfg Config) (*Member, error) {
 		if cfg.ID != "" && cfg.ID != ident.ID {
 			return nil, fmt.Errorf("data dir %s belongs to member %q, not %q", cfg.DataDir, ident.ID, cfg.ID)
 		}
-		if cfg.Bootstrap || len(cfg.Join) > 0 {
-			log.Info("data dir holds an existing member: --bootstrap/--join ignored", zap.String("id", ident.ID))
+		for _, l := range []struct {
+			ln     net.Listener
+			stored string
+		}{{cfg.HTTPListener, ident.HTTPAddr}, {cfg.RaftListener, ident.RaftAddr}} {
+			if l.ln != nil && l.ln.Addr().String() != l.stored {
+				return nil, fmt.Errorf("%w: member %s is stored with address %s, but was given a listener on %s",
+					ErrBadAddress, ident.ID, l.stored, l.ln.Addr())
+			}
 		}
-		cfg.Bootstrap, cfg.Join = false, nil
-	} else {
-		if ident, err = newIdentity(cfg); err != nil {
-			return nil, err
+		if ignored := ignoredAddressFlags(cfg, ident); len(ignored) > 0 {
+			log.Info("data dir holds the member's identity: its stored addresses are used, not the flags",
+				zap.String("id", ident.ID), zap.Strings("ignored", ignored))
 		}
-		if !cfg.Bootstrap && len(cfg.Join) == 0 {
-			return nil, ErrNoCluster
-		}
+	} else if ident, err = newIdentity(cfg); err != nil {
+		return nil, err
 	}
 	log = log.With(zap.String("member", ident.ID))
 	m := &Member{cfg: cfg, ident: ident, log: log, served: make(chan error, 1), Registry: prometheus.NewRegistry()}
@@ -149,6 +155,19 @@ func Start(cfg Config) (*Member, error) {
 		raftLn.Close()
 		return nil, err
 	}
+	mustJoin := false
+	switch {
+	case m.node.HadState():
+		if len(cfg.Join) > 0 {
+			log.Info("member already belongs to a cluster: --join ignored")
+		}
+	case cfg.Bootstrap:
+	case len(cfg.Join) > 0:
+		mustJoin = true
+	default:
+		m.Kill()
+		return nil, ErrNoCluster
+	}
 	m.api, err = httpapi.New(httpapi.Config{Store: m.node, Loads: scheduler.NewLoadTable(nil),
 		Token: cfg.Token, Logger: log, Registry: m.Registry})
 	if err != nil {
@@ -157,14 +176,28 @@ func Start(cfg Config) (*Member, error) {
 	}
 	go func() { m.served <- m.api.Serve(m.httpLn) }()
 	log.Info("member started", zap.String("http", ident.AdvertiseHTTP), zap.String("raft", ident.AdvertiseRaft),
-		zap.String("data_dir", cfg.DataDir), zap.Bool("restarted", existing))
-	if len(cfg.Join) > 0 {
-		if err := m.join(cfg.Join); err != nil {
+		zap.String("data_dir", cfg.DataDir), zap.Bool("restarted", m.node.HadState()))
+	if mustJoin {
+		if err := m.join(ctx, cfg.Join); err != nil {
 			m.Kill()
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// ignoredAddressFlags names the address settings that differ from the stored identity.
+func ignoredAddressFlags(cfg Config, id cluster.Identity) []string {
+	var out []string
+	for _, f := range []struct{ name, given, stored string }{
+		{"--http-addr", cfg.HTTPAddr, id.HTTPAddr}, {"--raft-addr", cfg.RaftAddr, id.RaftAddr},
+		{"--advertise-http", cfg.AdvertiseHTTP, id.AdvertiseHTTP}, {"--advertise-raft", cfg.AdvertiseRaft, id.AdvertiseRaft},
+	} {
+		if f.given != "" && f.given != f.stored && cfg.HTTPListener == nil {
+			out = append(out, f.name+"="+f.given+" (stored "+f.stored+")")
+		}
+	}
+	return out
 }
 
 // newIdentity derives a new member's identity from its configuration.
@@ -210,9 +243,10 @@ func advertise(adv, listen, what string) (string, error) {
 	return adv, nil
 }
 
-// join asks the listed members to add this one, until one accepts or JoinTimeout passes.
-func (m *Member) join(addrs []string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.JoinTimeout)
+// join asks the listed members to add this one, until one accepts, JoinTimeout passes or
+// ctx ends.
+func (m *Member) join(ctx context.Context, addrs []string) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.JoinTimeout)
 	defer cancel()
 	client, err := sdk.New(sdk.Config{Endpoints: addrs, Token: m.cfg.Token, Logger: m.log})
 	if err != nil {
@@ -232,7 +266,7 @@ func (m *Member) join(addrs []string) error {
 		m.log.Warn("join failed, retrying", zap.Strings("via", addrs), zap.Error(err))
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("join via %v: gave up after %s: %w", addrs, m.cfg.JoinTimeout, err)
+			return fmt.Errorf("join via %v: gave up (%v): %w", addrs, context.Cause(ctx), err)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 2*time.Second)
@@ -251,16 +285,19 @@ func (m *Member) RaftAddr() string { return m.ident.AdvertiseRaft }
 // Node returns the member's Raft node.
 func (m *Member) Node() *cluster.Node { return m.node }
 
-// Done is closed... it delivers the HTTP server's exit error (nil after Stop or Kill).
+// Done delivers the HTTP server's exit error (nil after Stop or Kill).
 func (m *Member) Done() <-chan error { return m.served }
 
-// Stop is the orderly stop (SIGTERM): stop accepting requests and finish those in flight,
-// hand leadership over if leader, shut Raft down. The member stays in the cluster.
+// Stop is the orderly stop (SIGTERM): hand leadership over if leader (while the API still
+// answers, so that the writes other members forward are not refused meanwhile), stop
+// accepting requests and finish those in flight, shut Raft down. The member stays in the
+// cluster.
 func (m *Member) Stop() error {
+	m.node.HandOver()
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
 	herr := m.api.Shutdown(ctx)
-	nerr := m.node.Shutdown(true)
+	nerr := m.node.Shutdown(false)
 	m.log.Info("member stopped")
 	return errors.Join(herr, nerr)
 }

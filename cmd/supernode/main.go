@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -96,12 +97,25 @@ func run(args []string) error {
 		go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
 		log.Info("pprof served", zap.String("addr", ln.Addr().String()))
 	}
-	m, err := member.Start(cfg)
+	// Signals count from here: one that arrives while the member is still joining cancels
+	// the join (a later start with --join joins again).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Info("signal received while starting: giving up", zap.String("signal", s.String()))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m, err := member.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	cancel()
 	select {
 	case s := <-sigs:
 		log.Info("signal received: stopping", zap.String("signal", s.String()))
