@@ -102,7 +102,7 @@ func (c *Cluster) start(i int, s *slot, join []string) error {
 	if c.opts.Configure != nil {
 		c.opts.Configure(i, &cfg)
 	}
-	m, err := member.Start(cfg)
+	m, err := member.Start(context.Background(), cfg)
 	if err != nil {
 		httpLn.Close()
 		raftLn.Close()
