@@ -25,13 +25,13 @@ trap stop INT TERM EXIT
 for i in 0 1 2; do
   n=${names[$i]}
   args=(--id "$n" --data-dir "$RUN/$n" --http-addr "${http[$i]}" --raft-addr "${raft[$i]}" --log-format console)
-  if [ ! -f "$RUN/$n/member.json" ]; then
-    if [ "$i" = 0 ]; then args+=(--bootstrap); else args+=(--join "${http[0]}"); fi
-  fi
+  # first run: a bootstraps, b and c join it; later runs: each member restarts from its data
+  # dir, where --bootstrap and --join are ignored
+  if [ "$i" = 0 ]; then args+=(--bootstrap); else args+=(--join "${http[0]}"); fi
   "$BIN" "${args[@]}" > >(sed -u "s/^/[$n] /") 2>&1 &
   pids+=($!)
-  if [ "$i" = 0 ]; then
-    # the first member must lead before the others ask it to add them
+  if [ "$i" = 0 ] && [ ! -d "$RUN/b/raft" ]; then
+    # a new cluster: the first member must lead before the others ask it to add them
     for _ in $(seq 1 100); do
       curl -fsS "http://${http[0]}/readyz" >/dev/null 2>&1 && break
       kill -0 "${pids[0]}" 2>/dev/null || { echo "member a exited" >&2; exit 1; }

@@ -377,9 +377,11 @@ func failover(o options) (failoverResult, error) {
 			return res, err
 		}
 	}
-	sorted := append([]time.Duration(nil), res.times...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-	res.p50, res.worst = sorted[len(sorted)/2], sorted[len(sorted)-1]
+	if len(res.times) > 0 {
+		sorted := append([]time.Duration(nil), res.times...)
+		sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+		res.p50, res.worst = sorted[len(sorted)/2], sorted[len(sorted)-1]
+	}
 	return res, nil
 }
 
