@@ -5,7 +5,7 @@
 // How the scheduler sees load: a peer's heartbeat (PUT /peers/{id}/heartbeat) lands on one
 // member and is recorded there, in memory, with the time it arrived. Raft carries no
 // per-heartbeat writes. The scheduler on a member combines the replicated piece map (who
-// holds what) with this table (who is busy); see DESIGN.md for how members share it.
+// holds what) with this table (who is busy); DESIGN.md says how members will share it.
 package scheduler
 
 import (
