@@ -221,8 +221,8 @@ func (c *Cluster) Client() *sdk.Client {
 	return cl
 }
 
-// Kill stops member i abruptly (no leadership hand-over), as a crash would.
-func (c *Cluster) Kill(i int) {
+// take marks member i stopped and returns it (the test fails if it was not running).
+func (c *Cluster) take(i int) *member.Member {
 	c.t.Helper()
 	c.mu.Lock()
 	m := c.slots[i].m
@@ -231,20 +231,19 @@ func (c *Cluster) Kill(i int) {
 	if m == nil {
 		c.t.Fatalf("member %d is not running", i)
 	}
-	m.Kill()
+	return m
+}
+
+// Kill stops member i abruptly (no leadership hand-over), as a crash would.
+func (c *Cluster) Kill(i int) {
+	c.t.Helper()
+	c.take(i).Kill()
 }
 
 // Stop stops member i the orderly way (SIGTERM's path).
 func (c *Cluster) Stop(i int) {
 	c.t.Helper()
-	c.mu.Lock()
-	m := c.slots[i].m
-	c.slots[i].m = nil
-	c.mu.Unlock()
-	if m == nil {
-		c.t.Fatalf("member %d is not running", i)
-	}
-	if err := m.Stop(); err != nil {
+	if err := c.take(i).Stop(); err != nil {
 		c.t.Errorf("stop member %d: %v", i, err)
 	}
 }
