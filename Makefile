@@ -2,7 +2,7 @@
 GO        ?= go
 BIN       := bin
 BINARIES  := supernode
-RACE_PKGS := ./cluster/... ./fsm/... ./sdk/... ./scheduler/... ./test/...
+RACE_PKGS := ./cdn/... ./cluster/... ./fsm/... ./sdk/... ./scheduler/... ./test/...
 
 .PHONY: all build run test test-race vet fmt bench bench-quick clean
 
