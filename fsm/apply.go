@@ -158,6 +158,8 @@ func (s *state) apply(c Command, now int64) Result {
 		return s.preheatCreate(c, now)
 	case PreheatUpdate:
 		return s.preheatUpdate(c)
+	case TaskClaim:
+		return s.taskClaim(c)
 	case rawCommand:
 		return Result{Code: CodeIgnored}
 	}
@@ -170,6 +172,7 @@ func (s *state) memberUpsert(c MemberUpsert) Result {
 		return ok(0)
 	}
 	s.members[c.ID] = &member{id: c.ID, httpAddr: c.HTTPAddr, raftAddr: c.RaftAddr, alive: true}
+	s.liveSetChanged()
 	return Result{Code: CodeCreated}
 }
 
@@ -178,6 +181,7 @@ func (s *state) memberRemove(c MemberRemove) Result {
 		return notFound("member %s", c.ID)
 	}
 	delete(s.members, c.ID)
+	s.liveSetChanged()
 	for id, t := range s.tasks { // its cache leaves with it
 		if _, has := t.cached[c.ID]; has {
 			delete(s.writableTask(id).cached, c.ID)
@@ -191,7 +195,10 @@ func (s *state) memberAlive(c MemberAlive) Result {
 	if m == nil {
 		return notFound("member %s", c.ID)
 	}
-	m.alive = c.Alive
+	if m.alive != c.Alive {
+		m.alive = c.Alive
+		s.liveSetChanged()
+	}
 	return ok(0)
 }
 
@@ -332,6 +339,9 @@ func (s *state) taskMeta(c TaskMeta, now int64) Result {
 	if c.PieceCount > api.MaxPieceIndex+1 {
 		return invalid("%d pieces is more than %d", c.PieceCount, api.MaxPieceIndex+1)
 	}
+	if c.MemberID != "" && t.owner != "" && c.MemberID != t.owner {
+		return conflict("member %s is not the owner of task %s (owner: %q)", c.MemberID, c.TaskID, t.owner)
+	}
 	wt := s.writableTask(c.TaskID)
 	if c.Generation > wt.generation { // a new generation: nothing of the old one is kept
 		wt.digests = nil
@@ -368,8 +378,14 @@ func (s *state) piecesCached(c PiecesCached, now int64) Result {
 	var zero [32]byte
 	for i, d := range c.Digests { // all or nothing: check before changing anything
 		n := int(c.First) + i
-		if n < len(t.digests) && t.digests[n] != zero && t.digests[n] != d {
+		known := n < len(t.digests) && t.digests[n] != zero
+		if known && t.digests[n] != d {
 			return conflict("piece %d of task %s already has another digest", n, c.TaskID)
+		}
+		if !known && t.owner != "" && c.MemberID != t.owner {
+			// Once claimed, new digests come from the fetching owner only; other members
+			// may only add copies of pieces whose digest is known.
+			return conflict("member %s is not the owner of task %s (owner: %q)", c.MemberID, c.TaskID, t.owner)
 		}
 	}
 	wt := s.writableTask(c.TaskID)
@@ -380,6 +396,25 @@ func (s *state) piecesCached(c PiecesCached, now int64) Result {
 	copy(wt.digests[c.First:], c.Digests)
 	added := s.writableBitset(wt.cached, c.MemberID).setRange(c.First, uint32(last))
 	return ok(added)
+}
+
+func (s *state) taskClaim(c TaskClaim) Result {
+	t := s.tasks[c.TaskID]
+	if t == nil {
+		return notFound("task %s", c.TaskID)
+	}
+	if c.Epoch != s.ringEpoch {
+		return conflict("ring epoch %d is not the current %d", c.Epoch, s.ringEpoch)
+	}
+	if owner := s.ownerRing().Owner(c.TaskID); owner != c.MemberID {
+		return conflict("member %s does not own task %s at ring epoch %d (owner: %q)", c.MemberID, c.TaskID, c.Epoch, owner)
+	}
+	if t.owner == c.MemberID && t.ownerEpoch == c.Epoch {
+		return ok(0)
+	}
+	wt := s.writableTask(c.TaskID)
+	wt.owner, wt.ownerEpoch = c.MemberID, c.Epoch
+	return ok(1)
 }
 
 func (s *state) preheatCreate(c PreheatCreate, now int64) Result {

@@ -35,6 +35,7 @@ const (
 	CmdPiecesCached  CommandType = 11
 	CmdPreheatCreate CommandType = 12
 	CmdPreheatUpdate CommandType = 13
+	CmdTaskClaim     CommandType = 14
 )
 
 // Command is one typed change of the replicated state.
@@ -100,6 +101,7 @@ type PieceReport struct {
 // and piece map of the old generation are dropped.
 type TaskMeta struct {
 	TaskID        string
+	MemberID      string // the owner sending it; empty only for commands of the leader itself
 	Generation    uint64
 	Status        TaskStatus
 	PieceSize     int64
@@ -114,6 +116,15 @@ type PiecesCached struct {
 	Generation       uint64
 	First            uint32
 	Digests          [][32]byte
+}
+
+// TaskClaim makes MemberID the task's fetching owner. Apply accepts it only if Epoch is the
+// current ring epoch and MemberID is the task's owner on the ring of live members at that
+// epoch; afterwards, TaskMeta and new piece digests are accepted from that member only. A
+// member that lost ownership (the ring moved) can therefore not commit a second fetch.
+type TaskClaim struct {
+	TaskID, MemberID string
+	Epoch            uint64
 }
 
 // PreheatCreate records a preheat request.
@@ -140,6 +151,7 @@ func (TaskMeta) Type() CommandType      { return CmdTaskMeta }
 func (PiecesCached) Type() CommandType  { return CmdPiecesCached }
 func (PreheatCreate) Type() CommandType { return CmdPreheatCreate }
 func (PreheatUpdate) Type() CommandType { return CmdPreheatUpdate }
+func (TaskClaim) Type() CommandType     { return CmdTaskClaim }
 
 func (c MemberUpsert) encode(e *encoder) { e.str(c.ID); e.str(c.HTTPAddr); e.str(c.RaftAddr) }
 func (c MemberRemove) encode(e *encoder) { e.str(c.ID) }
@@ -177,6 +189,7 @@ func (c PieceReport) encode(e *encoder) {
 }
 func (c TaskMeta) encode(e *encoder) {
 	e.str(c.TaskID)
+	e.str(c.MemberID)
 	e.uvarint(c.Generation)
 	e.u8(uint8(c.Status))
 	e.varint(c.PieceSize)
@@ -200,6 +213,7 @@ func (c PreheatCreate) encode(e *encoder) {
 	e.strMap(c.Headers)
 }
 func (c PreheatUpdate) encode(e *encoder) { e.str(c.ID); e.str(c.Status); e.str(c.Error) }
+func (c TaskClaim) encode(e *encoder)     { e.str(c.TaskID); e.str(c.MemberID); e.uvarint(c.Epoch) }
 
 // decoders, by command type. A type missing here is unknown to this version.
 var decoders = map[CommandType]func(d *decoder) Command{
@@ -238,7 +252,7 @@ var decoders = map[CommandType]func(d *decoder) Command{
 		return c
 	},
 	CmdTaskMeta: func(d *decoder) Command {
-		return TaskMeta{TaskID: d.str(), Generation: d.uvarint(), Status: TaskStatus(d.u8()),
+		return TaskMeta{TaskID: d.str(), MemberID: d.str(), Generation: d.uvarint(), Status: TaskStatus(d.u8()),
 			PieceSize: d.varint(), ContentLength: d.varint(), PieceCount: d.varint()}
 	},
 	CmdPiecesCached: func(d *decoder) Command {
@@ -259,6 +273,7 @@ var decoders = map[CommandType]func(d *decoder) Command{
 		return PreheatCreate{ID: d.str(), Kind: d.str(), URL: d.str(), Headers: d.strMap()}
 	},
 	CmdPreheatUpdate: func(d *decoder) Command { return PreheatUpdate{ID: d.str(), Status: d.str(), Error: d.str()} },
+	CmdTaskClaim:     func(d *decoder) Command { return TaskClaim{TaskID: d.str(), MemberID: d.str(), Epoch: d.uvarint()} },
 }
 
 // entryVersion is the first byte of every log entry this package writes.

@@ -87,6 +87,7 @@ func (f *FSM) StateHash() (uint64, string) {
 
 // encode writes the state canonically: every map in key order.
 func (s *state) encode(e *encoder) {
+	e.uvarint(s.ringEpoch)
 	e.uvarint(uint64(len(s.members)))
 	for _, id := range sortedKeys(s.members) {
 		m := s.members[id]
@@ -135,6 +136,8 @@ func (s *state) encode(e *encoder) {
 			e.str(src)
 			e.uvarint(uint64(t.badSources[src]))
 		}
+		e.str(t.owner)
+		e.uvarint(t.ownerEpoch)
 	}
 	e.uvarint(uint64(len(s.preheats)))
 	for _, id := range sortedKeys(s.preheats) {
@@ -177,6 +180,7 @@ func decodeBitsets(d *decoder) map[string]*bitset {
 
 func decodeState(d *decoder) *state {
 	s := newState()
+	s.ringEpoch = d.uvarint()
 	n := d.count(4)
 	for i := 0; i < n && d.err == nil; i++ {
 		m := &member{id: d.str(), httpAddr: d.str(), raftAddr: d.str(), alive: d.bool()}
@@ -218,6 +222,7 @@ func decodeState(d *decoder) *state {
 			src := d.str()
 			t.badSources[src] = uint32(d.uvarint())
 		}
+		t.owner, t.ownerEpoch = d.str(), d.uvarint()
 		s.tasks[t.id] = t
 	}
 	n = d.count(7)
@@ -226,5 +231,6 @@ func decodeState(d *decoder) *state {
 		p.createdAt = d.varint()
 		s.preheats[p.id] = p
 	}
+	s.rebuildRing()
 	return s
 }

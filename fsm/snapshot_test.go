@@ -439,6 +439,9 @@ func TestRestoreRejectsBadSnapshots(t *testing.T) {
 	if !bytes.HasPrefix(good, header) {
 		t.Fatalf("snapshot header is not magic, version 1, applied index")
 	}
+	// After the header: the ring epoch, then the member count (one byte in this state).
+	_, epochLen := binary.Uvarint(good[len(header):])
+	header = good[:len(header)+epochLen]
 	corrupt := append(binary.AppendUvarint(append([]byte(nil), header...), 1<<40), good[len(header)+1:]...)
 	try("corrupt count", corrupt)
 	for n := 0; n < len(good); n++ {

@@ -2,6 +2,8 @@ package fsm
 
 import (
 	"sort"
+
+	"github.com/dfly-ha/dfha/cdn/ring"
 )
 
 // TaskStatus is a task's status as the cluster sees it.
@@ -91,6 +93,8 @@ type task struct {
 	cached        map[string]*bitset // member ID -> pieces it has cached
 	holders       map[string]*bitset // peer ID -> pieces it holds; every peer of the task has an entry
 	badSources    map[string]uint32  // source ID -> pieces reported bad from it
+	owner         string             // the member that claimed the fetch (TaskClaim)
+	ownerEpoch    uint64             // the ring epoch of that claim
 	epoch         uint64
 }
 
@@ -108,6 +112,32 @@ type state struct {
 	tasks    map[string]*task
 	preheats map[string]*preheat
 	epoch    uint64
+
+	// ringEpoch counts the committed changes of the set of live members; the ring of task
+	// owners is a function of that set. ring is derived from members (not encoded) and
+	// immutable: a snapshot view may share it.
+	ringEpoch uint64
+	ring      *ring.Ring
+}
+
+// ownerRing returns the ring over the live members. It is rebuilt whenever the live set
+// changes, inside Apply (under the write lock), so readers never build it.
+func (s *state) ownerRing() *ring.Ring { return s.ring }
+
+// liveSetChanged bumps the ring epoch and rebuilds the ring.
+func (s *state) liveSetChanged() {
+	s.ringEpoch++
+	s.rebuildRing()
+}
+
+func (s *state) rebuildRing() {
+	var live []string
+	for id, m := range s.members {
+		if m.alive {
+			live = append(live, id)
+		}
+	}
+	s.ring = ring.New(live, 0)
 }
 
 func newState() *state {
@@ -116,6 +146,7 @@ func newState() *state {
 		peers:    map[string]*peer{},
 		tasks:    map[string]*task{},
 		preheats: map[string]*preheat{},
+		ring:     ring.New(nil, 0),
 	}
 }
 
@@ -127,6 +158,9 @@ func (s *state) view() *state {
 		tasks:    make(map[string]*task, len(s.tasks)),
 		preheats: make(map[string]*preheat, len(s.preheats)),
 		epoch:    s.epoch,
+
+		ringEpoch: s.ringEpoch,
+		ring:      s.ring,
 	}
 	for k, m := range s.members {
 		c := *m // members and preheats are small: copy them outright

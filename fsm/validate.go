@@ -200,6 +200,11 @@ func (c TaskMeta) validate() error {
 	if err := validTaskID(c.TaskID); err != nil {
 		return err
 	}
+	if c.MemberID != "" {
+		if err := validID("member", c.MemberID); err != nil {
+			return err
+		}
+	}
 	if c.Generation == 0 || c.Status > TaskFailed {
 		return fmt.Errorf("generation must be 1 or more and status known")
 	}
@@ -240,5 +245,11 @@ func (c PreheatUpdate) validate() error {
 		return fmt.Errorf("preheat status must be 1..32 bytes and error at most %d", MaxErrorBytes)
 	}
 	return nil
+}
+func (c TaskClaim) validate() error {
+	if err := validTaskID(c.TaskID); err != nil {
+		return err
+	}
+	return validID("member", c.MemberID)
 }
 func (rawCommand) validate() error { return nil }

@@ -37,6 +37,7 @@ type TaskInfo struct {
 	PieceCount      int64
 	PiecesCached    int64 // pieces cached by at least one member
 	Peers           int64
+	Owner           string // the member whose claim to fetch it is committed ("" = none yet)
 }
 
 // PreheatInfo is a preheat's state.
@@ -113,11 +114,15 @@ func (f *FSM) Task(id string) (TaskInfo, bool) {
 	if t == nil {
 		return TaskInfo{}, false
 	}
+	return taskInfo(t), true
+}
+
+func taskInfo(t *task) TaskInfo {
 	return TaskInfo{ID: t.id, URL: t.url, Digest: t.digest, Headers: cloneMap(t.headers),
 		Filter: append([]string(nil), t.filter...), CreatedAt: t.createdAt, AccessedAt: t.accessedAt,
 		Generation: t.generation, Status: t.status, PieceSize: t.pieceSize,
 		ContentLength: t.contentLength, PieceCount: t.pieceCount,
-		PiecesCached: int64(unionCount(t.cached)), Peers: int64(len(t.holders))}, true
+		PiecesCached: int64(unionCount(t.cached)), Peers: int64(len(t.holders)), Owner: t.owner}
 }
 
 // PieceDigest returns the SHA-256 of piece n of the task's current generation, if cached.
@@ -208,4 +213,88 @@ func unionCount(m map[string]*bitset) int {
 		n += bits.OnesCount64(w)
 	}
 	return n
+}
+
+// RingEpoch is the current epoch of the owners' ring (it grows with every committed change
+// of the set of live members).
+func (f *FSM) RingEpoch() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.s.ringEpoch
+}
+
+// RingOwners returns the task's owners on the ring of live members now (n of them).
+func (f *FSM) RingOwners(taskID string, n int) []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.s.ring.Owners(taskID, n)
+}
+
+// OwnedTask is a task that a member owns on the current ring and that is not complete.
+type OwnedTask struct {
+	TaskInfo
+	Claimed    bool   // the member's claim is committed (it may fetch and commit pieces)
+	ClaimEpoch uint64 // the ring epoch of the task's current claim, by whomever
+	RingEpoch  uint64 // the ring epoch these answers are for
+}
+
+// OwnedTasks lists the tasks memberID owns on the ring of live members that are pending or
+// running, sorted by ID.
+func (f *FSM) OwnedTasks(memberID string) []OwnedTask {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []OwnedTask
+	for _, id := range sortedKeys(f.s.tasks) {
+		t := f.s.tasks[id]
+		if (t.status != TaskPending && t.status != TaskRunning) || f.s.ring.Owner(id) != memberID {
+			continue
+		}
+		out = append(out, OwnedTask{TaskInfo: taskInfo(t), Claimed: t.owner == memberID,
+			ClaimEpoch: t.ownerEpoch, RingEpoch: f.s.ringEpoch})
+	}
+	return out
+}
+
+// PieceCachedBy returns the members that have cached piece n of the task's current
+// generation, sorted.
+func (f *FSM) PieceCachedBy(taskID string, n uint32) []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return nil
+	}
+	var out []string
+	for _, m := range sortedKeys(t.cached) {
+		if b := t.cached[m]; b != nil && b.has(n) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// FirstUncached returns the first piece of the task that no member has cached (or the
+// piece count when all are).
+func (f *FSM) FirstUncached(taskID string) uint32 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return 0
+	}
+	for n := uint32(0); ; n++ {
+		if t.pieceCount >= 0 && int64(n) >= t.pieceCount {
+			return n
+		}
+		cached := false
+		for _, b := range t.cached {
+			if b != nil && b.has(n) {
+				cached = true
+				break
+			}
+		}
+		if !cached {
+			return n
+		}
+	}
 }
