@@ -109,7 +109,9 @@ func Open(cfg Config) (*Node, error) {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
-	rc.BatchApplyCh = true
+	// BatchApplyCh stays off: with it, a future still in the buffered channel when Raft shuts
+	// down is never answered and Error() blocks forever. Our batcher merges writes already.
+	rc.BatchApplyCh = false
 	rc.MaxAppendEntries = 512
 
 	logs, err := raft.NewLogCache(1024, store)
