@@ -46,6 +46,8 @@ var _ Store = (*cluster.Node)(nil)
 type Config struct {
 	Store Store
 	Loads *scheduler.LoadTable
+	// Pieces serves piece data; nil leaves GET /tasks/{id}/pieces/{n}/data unregistered.
+	Pieces PieceSource
 	// Token, when set, is required as "Authorization: Bearer TOKEN" on membership changes,
 	// task deletion, peer registration and member-to-member forwarding.
 	Token string
@@ -148,6 +150,9 @@ func (s *Server) routes(r *router.Router) {
 	s.handle(r, "DELETE", "/tasks/{id}", s.authed(s.deleteTask))
 	s.handle(r, "PUT", "/tasks/{id}/pieces/{range}", s.reportRange)
 	s.handle(r, "PUT", "/tasks/{id}/pieces", s.reportBatch)
+	if s.cfg.Pieces != nil {
+		s.handle(r, "GET", "/tasks/{id}/pieces/{n}/data", s.pieceData)
+	}
 	s.handle(r, "GET", "/cluster/members", s.members)
 	s.handle(r, "POST", "/cluster/members", s.authed(s.join))
 	s.handle(r, "DELETE", "/cluster/members/{id}", s.authed(s.removeMember))

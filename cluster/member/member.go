@@ -8,8 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"time"
 
+	"github.com/dfly-ha/dfha/cdn"
+	"github.com/dfly-ha/dfha/cdn/source"
+	"github.com/dfly-ha/dfha/cdn/storage"
 	"github.com/dfly-ha/dfha/cluster"
 	"github.com/dfly-ha/dfha/cluster/httpapi"
 	"github.com/dfly-ha/dfha/scheduler"
@@ -18,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // Errors of starting a member.
@@ -48,6 +53,15 @@ type Config struct {
 	JoinTimeout time.Duration
 	// ShutdownTimeout bounds the orderly stop's wait for in-flight requests (default 10s).
 	ShutdownTimeout time.Duration
+
+	// PieceSize overrides the CDN's piece-size rule when positive (--piece-size).
+	PieceSize int64
+	// OriginLimit caps all origin reads of this member together, in bytes per second
+	// (--origin-limit; 0: no limit).
+	OriginLimit float64
+	// Sources overrides the origin sources (tests add origins that need a custom TLS
+	// client); nil: http, https and file with the defaults.
+	Sources *source.Sources
 
 	// Raft tuning, passed to cluster.Config (zero: its defaults).
 	HeartbeatTimeout   time.Duration
@@ -83,6 +97,11 @@ type Member struct {
 	httpLn   net.Listener
 	served   chan error
 	Registry *prometheus.Registry
+
+	store     *storage.Local
+	cdn       *cdn.CDN
+	cdnCancel context.CancelFunc
+	cdnDone   chan struct{}
 }
 
 // Start brings a member up. On a data dir that already holds an identity, the member comes
@@ -168,8 +187,12 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		m.Kill()
 		return nil, ErrNoCluster
 	}
+	if err := m.startCDN(); err != nil {
+		m.Kill()
+		return nil, err
+	}
 	m.api, err = httpapi.New(httpapi.Config{Store: m.node, Loads: scheduler.NewLoadTable(nil),
-		Token: cfg.Token, Logger: log, Registry: m.Registry})
+		Pieces: m.cdn, Token: cfg.Token, Logger: log, Registry: m.Registry})
 	if err != nil {
 		m.Kill()
 		return nil, err
@@ -184,6 +207,44 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		}
 	}
 	return m, nil
+}
+
+// startCDN opens the piece store (DATA/cdn) and starts the owner loop.
+func (m *Member) startCDN() error {
+	var err error
+	if m.store, err = storage.OpenConfig(storage.Config{Root: filepath.Join(m.cfg.DataDir, "cdn"), Logger: m.log}); err != nil {
+		return fmt.Errorf("open the piece store: %w", err)
+	}
+	sources := m.cfg.Sources
+	if sources == nil {
+		var limiter *rate.Limiter
+		if m.cfg.OriginLimit > 0 {
+			burst := int(min(m.cfg.OriginLimit, 1<<20)) // reads wait in chunks of at most 1 MiB
+			limiter = rate.NewLimiter(rate.Limit(m.cfg.OriginLimit), max(burst, 1))
+		}
+		sources = source.NewSources(source.Config{Logger: m.log, Limiter: limiter})
+	}
+	m.cdn, err = cdn.New(cdn.Config{MemberID: m.ident.ID, FSM: m.node.FSM(), Proposer: m.node,
+		Store: m.store, Sources: sources, PieceSize: m.cfg.PieceSize, Logger: m.log})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cdnCancel, m.cdnDone = cancel, make(chan struct{})
+	go func() { defer close(m.cdnDone); m.cdn.Run(ctx) }()
+	return nil
+}
+
+// stopCDN stops the owner loop (fetches in flight stop; another member or a restart resumes
+// them from the pieces committed) and closes the piece store.
+func (m *Member) stopCDN() {
+	if m.cdnCancel != nil {
+		m.cdnCancel()
+		<-m.cdnDone
+	}
+	if m.store != nil {
+		_ = m.store.Close()
+	}
 }
 
 // ignoredAddressFlags names the address settings that differ from the stored identity.
@@ -297,6 +358,7 @@ func (m *Member) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
 	herr := m.api.Shutdown(ctx)
+	m.stopCDN()
 	nerr := m.node.Shutdown(false)
 	m.log.Info("member stopped")
 	return errors.Join(herr, nerr)
@@ -311,6 +373,7 @@ func (m *Member) Kill() {
 		_ = m.api.Shutdown(ctx)
 	}
 	m.httpLn.Close()
+	m.stopCDN()
 	if m.node != nil {
 		_ = m.node.Shutdown(false)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/dfly-ha/dfha/cluster/member"
 	"github.com/dfly-ha/dfha/cmd/internal/logging"
+	"github.com/dfly-ha/dfha/cmd/internal/units"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 )
@@ -37,6 +38,8 @@ func run(args []string) error {
 		logLevel  string
 		logFormat string
 		debugAddr string
+		pieceSize string
+		originLim string
 	)
 	fs.StringVar(&cfg.ID, "id", "", "member ID ([A-Za-z0-9._-], up to 128); needed the first time only")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./supernode-data", "directory of the member's Raft log, snapshots and identity")
@@ -47,6 +50,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.AdvertiseHTTP, "advertise-http", "", "HTTP address other members and peers use (default: --http-addr)")
 	fs.StringVar(&cfg.AdvertiseRaft, "advertise-raft", "", "Raft address other members use (default: --raft-addr)")
 	fs.StringVar(&tokenFile, "token-file", "", "file holding a bearer token required for membership changes, task deletion and peer registration (default: none, open)")
+	fs.StringVar(&pieceSize, "piece-size", "auto", "piece size of new tasks (SIZE: 4MiB, 262144...); auto: 4 MiB, doubled for files over 8 GiB to stay within 2,048 pieces")
+	fs.StringVar(&originLim, "origin-limit", "none", "cap on all origin reads of this member together (RATE: 100MiB/s, 50MB/s...)")
 	fs.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond, "time without leader contact before a follower starts an election")
 	fs.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "time a candidate waits for votes")
 	fs.DurationVar(&cfg.MemberDeadAfter, "member-dead-after", 3*time.Second, "failed heartbeats for this long mark a member dead (committed by the leader)")
@@ -72,6 +77,20 @@ func run(args []string) error {
 		if a = strings.TrimSpace(a); a != "" {
 			cfg.Join = append(cfg.Join, a)
 		}
+	}
+	if pieceSize != "auto" {
+		n, err := units.ParseSize(pieceSize)
+		if err != nil || n < 1 || n > 1<<30 {
+			return fmt.Errorf("--piece-size %q: want auto or a size from 1 byte to 1GiB", pieceSize)
+		}
+		cfg.PieceSize = n
+	}
+	if originLim != "none" {
+		r, err := units.ParseRate(originLim)
+		if err != nil || r <= 0 {
+			return fmt.Errorf("--origin-limit %q: want none or a positive rate such as 100MiB/s", originLim)
+		}
+		cfg.OriginLimit = r
 	}
 	if tokenFile != "" {
 		p, err := os.ReadFile(tokenFile)

@@ -1,0 +1,280 @@
+package cdn
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/dfly-ha/dfha/cdn/source"
+	"github.com/dfly-ha/dfha/cdn/storage"
+	"github.com/dfly-ha/dfha/fsm"
+	"go.uber.org/zap"
+)
+
+// Errors of the CDN.
+var (
+	// ErrNotCached: no member has cached the piece (yet).
+	ErrNotCached = errors.New("piece not cached yet")
+	// ErrGeneration: the piece asked for belongs to another generation of the task.
+	ErrGeneration = errors.New("piece of another task generation")
+	// ErrNoTask: the task does not exist.
+	ErrNoTask = errors.New("no such task")
+)
+
+// Proposer commits commands to the replicated state (cluster.Node).
+type Proposer interface {
+	Propose(ctx context.Context, cmds ...fsm.Command) (uint64, []fsm.Result, error)
+}
+
+// Config configures a member's CDN.
+type Config struct {
+	MemberID string
+	FSM      *fsm.FSM
+	Proposer Proposer
+	Store    storage.Driver
+	Sources  *source.Sources
+	// PieceSize overrides the piece-size rule when positive (--piece-size).
+	PieceSize int64
+	// MaxFetches bounds the origin fetches this member runs at once (default 4).
+	MaxFetches int
+	// CommitEvery: digests are committed after this many pieces or CommitInterval, whichever
+	// comes first (defaults 8 and 100ms), so that pieces become downloadable quickly without
+	// a log entry per piece.
+	CommitEvery    int
+	CommitInterval time.Duration
+	// Peers fetch pieces from any member; a member without the piece reads it from one that
+	// has it through this client (default: net/http's with a 30s response header timeout).
+	Logger *zap.Logger
+}
+
+func (c *Config) applyDefaults() {
+	if c.MaxFetches == 0 {
+		c.MaxFetches = 4
+	}
+	if c.CommitEvery == 0 {
+		c.CommitEvery = 8
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = 100 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// CDN is a member's cache role: it fetches the tasks it owns and serves pieces.
+type CDN struct {
+	cfg    Config
+	log    *zap.Logger
+	mu     sync.Mutex
+	active map[string]bool // task IDs being fetched by this member
+	slots  chan struct{}
+	wg     sync.WaitGroup
+}
+
+// New returns a CDN; Run starts its owner loop.
+func New(cfg Config) (*CDN, error) {
+	cfg.applyDefaults()
+	if cfg.FSM == nil || cfg.Proposer == nil || cfg.Store == nil || cfg.Sources == nil || cfg.MemberID == "" {
+		return nil, errors.New("cdn: member ID, FSM, proposer, store and sources are required")
+	}
+	return &CDN{cfg: cfg, log: cfg.Logger.Named("cdn"), active: map[string]bool{}, slots: make(chan struct{}, cfg.MaxFetches)}, nil
+}
+
+// Run watches the replicated state for tasks this member owns and fetches them, until ctx
+// ends; it returns when every fetch has stopped.
+func (c *CDN) Run(ctx context.Context) {
+	defer c.wg.Wait()
+	for {
+		applied := c.cfg.FSM.AppliedIndex()
+		c.scan(ctx)
+		wait, cancel := context.WithTimeout(ctx, time.Second)
+		_ = c.cfg.FSM.WaitApplied(wait, applied+1) // wake on the next change, or after a second
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// scan starts a fetch for every owned, incomplete task not being fetched, claiming it first.
+func (c *CDN) scan(ctx context.Context) {
+	for _, t := range c.cfg.FSM.OwnedTasks(c.cfg.MemberID) {
+		c.mu.Lock()
+		busy := c.active[t.ID]
+		c.mu.Unlock()
+		if busy {
+			continue
+		}
+		select {
+		case c.slots <- struct{}{}:
+		default:
+			return // all fetch slots busy: the next scan picks the rest up
+		}
+		if !t.Claimed {
+			if err := c.claim(ctx, t); err != nil {
+				<-c.slots
+				c.log.Debug("claim refused", zap.String("task", t.ID), zap.Error(err))
+				continue
+			}
+		}
+		c.mu.Lock()
+		c.active[t.ID] = true
+		c.mu.Unlock()
+		c.wg.Add(1)
+		go func(t fsm.OwnedTask) {
+			defer c.wg.Done()
+			defer func() { <-c.slots }()
+			defer func() {
+				c.mu.Lock()
+				delete(c.active, t.ID)
+				c.mu.Unlock()
+			}()
+			if err := c.fetch(ctx, t); err != nil && ctx.Err() == nil {
+				c.log.Warn("fetch stopped", zap.String("task", t.ID), zap.Error(err))
+			}
+		}(t)
+	}
+}
+
+func (c *CDN) claim(ctx context.Context, t fsm.OwnedTask) error {
+	return c.commit(ctx, fsm.TaskClaim{TaskID: t.ID, MemberID: c.cfg.MemberID, Epoch: t.RingEpoch})
+}
+
+// commit proposes commands and returns the first command's error, if any.
+func (c *CDN) commit(ctx context.Context, cmds ...fsm.Command) error {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, res, err := c.cfg.Proposer.Propose(cctx, cmds...)
+	if err != nil {
+		return err
+	}
+	for _, r := range res {
+		if err := r.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fetch reads a task from its origin once, from the first piece no member has cached, and
+// commits each piece's digest as it is stored. It stops at the first refused commit: the
+// member lost its claim, or the task moved to another generation.
+func (c *CDN) fetch(ctx context.Context, t fsm.OwnedTask) error {
+	log := c.log.With(zap.String("task", t.ID))
+	src, err := c.cfg.Sources.For(t.URL)
+	if err != nil {
+		return c.failTask(ctx, t, err)
+	}
+	req := source.Request{URL: t.URL, Headers: t.Headers}
+	info, err := src.Probe(ctx, req)
+	if err != nil {
+		return c.failTask(ctx, t, err)
+	}
+	gen, pieceSize := t.Generation, t.PieceSize
+	if t.ContentLength >= 0 && info.ContentLength != t.ContentLength {
+		gen++ // the origin's file changed since the task was probed: start afresh
+	}
+	if pieceSize <= 0 || gen != t.Generation {
+		pieceSize = PieceSize(info.ContentLength, c.cfg.PieceSize)
+	}
+	meta := fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: gen, Status: fsm.TaskRunning,
+		PieceSize: pieceSize, ContentLength: info.ContentLength, PieceCount: PieceCount(info.ContentLength, pieceSize)}
+	if err := c.commit(ctx, meta); err != nil {
+		return fmt.Errorf("commit task meta: %w", err)
+	}
+	first := uint32(0)
+	if gen == t.Generation {
+		first = c.cfg.FSM.FirstUncached(t.ID)
+	}
+	if meta.PieceCount >= 0 && int64(first) >= meta.PieceCount {
+		return c.finish(ctx, meta, nil)
+	}
+	offset := int64(first) * pieceSize
+	log.Info("fetching from the origin", zap.Uint64("generation", gen), zap.Int64("length", info.ContentLength),
+		zap.Int64("piece_size", pieceSize), zap.Uint32("from_piece", first))
+	r := source.NewResumingReader(ctx, src, req, offset, info, source.ResumeOptions{Logger: c.log})
+	defer r.Close()
+	var whole = sha256.New() // the whole file's digest, when the fetch starts at byte 0
+	if first != 0 {
+		whole = nil
+	}
+	buf := make([]byte, pieceSize)
+	var pending [][32]byte
+	pendingFrom, n := first, first
+	lastCommit := time.Now()
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		err := c.commit(ctx, fsm.PiecesCached{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: gen, First: pendingFrom, Digests: pending})
+		pendingFrom, pending, lastCommit = n, nil, time.Now()
+		return err
+	}
+	total := offset
+	for {
+		k, rerr := io.ReadFull(r, buf)
+		if k > 0 {
+			digest := sha256.Sum256(buf[:k])
+			if err := c.cfg.Store.WritePiece(t.ID, gen, n, bytes.NewReader(buf[:k]), int64(k), digest); err != nil {
+				return fmt.Errorf("store piece %d: %w", n, err)
+			}
+			if whole != nil {
+				whole.Write(buf[:k])
+			}
+			pending = append(pending, digest)
+			n++
+			total += int64(k)
+			if len(pending) >= c.cfg.CommitEvery || time.Since(lastCommit) >= c.cfg.CommitInterval {
+				if err := flush(); err != nil {
+					return fmt.Errorf("commit pieces: %w", err)
+				}
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			_ = flush()
+			return c.failTask(ctx, t, rerr)
+		}
+	}
+	if err := flush(); err != nil {
+		return fmt.Errorf("commit pieces: %w", err)
+	}
+	meta.ContentLength, meta.PieceCount = total, int64(n)
+	return c.finish(ctx, meta, whole)
+}
+
+// finish checks the whole-file digest (when the task expects one and this member read the
+// whole file) and marks the task complete.
+func (c *CDN) finish(ctx context.Context, meta fsm.TaskMeta, whole interface{ Sum([]byte) []byte }) error {
+	meta.Status = fsm.TaskSuccess
+	if t, ok := c.cfg.FSM.Task(meta.TaskID); ok && t.Digest != "" && whole != nil {
+		if want := t.Digest; len(want) > 7 && want[:7] == "sha256:" && fmt.Sprintf("sha256:%x", whole.Sum(nil)) != want {
+			c.log.Warn("origin file does not match the task's digest", zap.String("task", meta.TaskID))
+			meta.Status = fsm.TaskFailed
+		}
+	}
+	if err := c.commit(ctx, meta); err != nil {
+		return fmt.Errorf("commit completion: %w", err)
+	}
+	c.log.Info("task cached", zap.String("task", meta.TaskID), zap.Int64("bytes", meta.ContentLength),
+		zap.Int64("pieces", meta.PieceCount), zap.String("status", meta.Status.String()))
+	return nil
+}
+
+// failTask marks the task failed after an origin error.
+func (c *CDN) failTask(ctx context.Context, t fsm.OwnedTask, cause error) error {
+	meta := fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: t.Generation, Status: fsm.TaskFailed,
+		PieceSize: t.PieceSize, ContentLength: t.ContentLength, PieceCount: t.PieceCount}
+	if err := c.commit(ctx, meta); err != nil {
+		return fmt.Errorf("%w (and marking the task failed: %v)", cause, err)
+	}
+	return cause
+}

@@ -1,0 +1,70 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/dfly-ha/dfha/cdn"
+	"github.com/dfly-ha/dfha/sdk/api"
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+)
+
+// PieceSource opens pieces for GET /tasks/{id}/pieces/{n}/data (cdn.CDN implements it).
+type PieceSource interface {
+	OpenPiece(ctx context.Context, taskID string, n uint32, generation uint64, localOnly bool) (cdn.Piece, error)
+}
+
+// pieceData streams a piece: from this member's cache, or from a member that has it. A
+// request another member sent (X-Dfha-Forwarded) is answered from the local cache only, so
+// a piece is relayed at most once.
+func (s *Server) pieceData(ctx *fasthttp.RequestCtx) {
+	id, ok := s.taskID(ctx)
+	if !ok {
+		return
+	}
+	nStr, _ := ctx.UserValue("n").(string)
+	n, err := strconv.ParseUint(nStr, 10, 32)
+	if err != nil || n > api.MaxPieceIndex {
+		s.fail(ctx, fasthttp.StatusBadRequest, "piece number must be an integer in 0.."+strconv.Itoa(api.MaxPieceIndex))
+		return
+	}
+	var generation uint64
+	if g := ctx.QueryArgs().Peek("generation"); len(g) > 0 {
+		if generation, err = strconv.ParseUint(string(g), 10, 64); err != nil || generation == 0 {
+			s.fail(ctx, fasthttp.StatusBadRequest, "generation must be a positive integer")
+			return
+		}
+	}
+	if !s.readable(ctx) {
+		return
+	}
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	localOnly := len(ctx.Request.Header.Peek(api.HeaderForwarded)) > 0
+	p, err := s.cfg.Pieces.OpenPiece(c, id, uint32(n), generation, localOnly)
+	switch {
+	case err == nil:
+	case errors.Is(err, cdn.ErrNoTask):
+		s.fail(ctx, fasthttp.StatusNotFound, "task "+id+" not found")
+		return
+	case errors.Is(err, cdn.ErrNotCached):
+		s.fail(ctx, fasthttp.StatusNotFound, "piece "+nStr+" of task "+id+" is not cached yet")
+		return
+	case errors.Is(err, cdn.ErrGeneration):
+		s.fail(ctx, fasthttp.StatusConflict, err.Error())
+		return
+	default:
+		s.log.Error("open piece", zap.String("task", id), zap.Uint64("piece", n), zap.Error(err))
+		s.fail(ctx, fasthttp.StatusInternalServerError, "reading the piece failed")
+		return
+	}
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("application/octet-stream")
+	ctx.Response.Header.Set(cdn.HeaderGeneration, strconv.FormatUint(p.Generation, 10))
+	ctx.Response.Header.Set(cdn.HeaderPieceDigest, "sha256:"+hex.EncodeToString(p.Digest[:]))
+	ctx.SetBodyStream(p.Body, int(p.Size)) // fasthttp closes p.Body once sent
+}
