@@ -146,8 +146,12 @@ func (c *CDN) claim(ctx context.Context, t fsm.OwnedTask) error {
 	return c.commit(ctx, fsm.TaskClaim{TaskID: t.ID, MemberID: c.cfg.MemberID, Epoch: t.RingEpoch})
 }
 
-// commit proposes commands and returns the first command's error, if any.
+// commit proposes commands and returns the first command's error, if any. Nothing is
+// proposed once ctx has ended (a stopping member commits nothing more).
 func (c *CDN) commit(ctx context.Context, cmds ...fsm.Command) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	_, res, err := c.cfg.Proposer.Propose(cctx, cmds...)
@@ -239,6 +243,13 @@ func (c *CDN) fetch(ctx context.Context, t fsm.OwnedTask) error {
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
 		}
+		if errors.Is(rerr, source.ErrChanged) {
+			// The origin's file changed under us: nothing of this generation is kept; the
+			// task starts over as generation gen+1 (the next scan fetches it).
+			log.Info("origin file changed during the fetch: starting a new generation", zap.Uint64("generation", gen+1))
+			return c.commit(ctx, fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: gen + 1,
+				Status: fsm.TaskPending, PieceSize: -1, ContentLength: -1, PieceCount: -1})
+		}
 		if rerr != nil {
 			_ = flush()
 			return c.failTask(ctx, t, rerr)
@@ -269,10 +280,18 @@ func (c *CDN) finish(ctx context.Context, meta fsm.TaskMeta, whole interface{ Su
 	return nil
 }
 
-// failTask marks the task failed after an origin error.
+// failTask marks the task failed after an origin error. A fetch stopped because this member
+// is stopping is not a failure: the task stays as it is for the next owner.
 func (c *CDN) failTask(ctx context.Context, t fsm.OwnedTask, cause error) error {
-	meta := fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: t.Generation, Status: fsm.TaskFailed,
-		PieceSize: t.PieceSize, ContentLength: t.ContentLength, PieceCount: t.PieceCount}
+	if ctx.Err() != nil {
+		return cause
+	}
+	now, ok := c.cfg.FSM.Task(t.ID)
+	if !ok {
+		return cause
+	}
+	meta := fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: now.Generation, Status: fsm.TaskFailed,
+		PieceSize: now.PieceSize, ContentLength: now.ContentLength, PieceCount: now.PieceCount}
 	if err := c.commit(ctx, meta); err != nil {
 		return fmt.Errorf("%w (and marking the task failed: %v)", cause, err)
 	}

@@ -273,8 +273,8 @@ func (f *FSM) PieceCachedBy(taskID string, n uint32) []string {
 	return out
 }
 
-// FirstUncached returns the first piece of the task that no member has cached (or the
-// piece count when all are).
+// FirstUncached returns the first piece of the task that no live member has cached (or the
+// piece count when all are): where an owner taking over resumes the origin fetch.
 func (f *FSM) FirstUncached(taskID string) uint32 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -287,8 +287,8 @@ func (f *FSM) FirstUncached(taskID string) uint32 {
 			return n
 		}
 		cached := false
-		for _, b := range t.cached {
-			if b != nil && b.has(n) {
+		for m, b := range t.cached {
+			if b != nil && b.has(n) && f.s.members[m] != nil && f.s.members[m].alive {
 				cached = true
 				break
 			}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,11 @@ type origin struct {
 	mu    sync.Mutex
 	files map[string][]byte
 	sent  map[string]int64
+	// chunkDelay slows the body down: a pause after every 16 KiB (0: full speed).
+	chunkDelay time.Duration
+	// afterBytes, when set, is called with the bytes sent so far for a path; when it
+	// returns true the connection is dropped (tests change the file mid-fetch with it).
+	afterBytes func(path string, sent int64) bool
 }
 
 func newOrigin(t *testing.T) *origin {
@@ -67,11 +73,72 @@ type countingWriter struct {
 }
 
 func (w *countingWriter) Write(p []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(p)
-	w.o.mu.Lock()
-	w.o.sent[w.path] += int64(n)
-	w.o.mu.Unlock()
-	return n, err
+	written := 0
+	for len(p) > 0 {
+		chunk := p
+		if w.o.chunkDelay > 0 && len(chunk) > 16<<10 {
+			chunk = chunk[:16<<10]
+		}
+		n, err := w.ResponseWriter.Write(chunk)
+		written += n
+		w.o.mu.Lock()
+		w.o.sent[w.path] += int64(n)
+		total, hook := w.o.sent[w.path], w.o.afterBytes
+		w.o.mu.Unlock()
+		if hook != nil && hook(w.path, total) {
+			panic(http.ErrAbortHandler) // drop the connection in the middle of the body
+		}
+		if err != nil {
+			return written, err
+		}
+		p = p[len(chunk):]
+		if w.o.chunkDelay > 0 {
+			if f, ok := w.ResponseWriter.(http.Flusher); ok {
+				f.Flush()
+			}
+			time.Sleep(w.o.chunkDelay)
+		}
+	}
+	return written, nil
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(rng.Uint32())
+	}
+	return p
+}
+
+// waitTask polls a task until cond holds (bounded).
+func waitTask(t *testing.T, c *tc.Cluster, id string, timeout time.Duration, cond func(api.Task) bool) api.Task {
+	t.Helper()
+	cl := c.Client()
+	var last api.Task
+	if !tc.Eventually(timeout, func() bool {
+		ctx := ctxT(t, 5*time.Second)
+		task, err := cl.GetTask(ctx, id)
+		if err != nil {
+			return false
+		}
+		last = *task
+		return cond(last)
+	}) {
+		t.Fatalf("task %s: condition not reached within %s; last seen %+v (cached %v)", id, timeout, last, last.PiecesCached)
+	}
+	return last
+}
+
+// checkFile reads every piece of a task through addr and compares it with want.
+func checkFile(t *testing.T, addr, id string, want []byte, pieceSize int) {
+	t.Helper()
+	for n := 0; n*pieceSize < len(want); n++ {
+		status, got, _ := readPiece(t, addr, id, n)
+		if status != 200 || !bytes.Equal(got, want[n*pieceSize:min((n+1)*pieceSize, len(want))]) {
+			t.Fatalf("piece %d through %s: status %d, %d bytes differ from the origin's", n, addr, status, len(got))
+		}
+	}
 }
 
 // readPiece reads piece n of a task from one member.
@@ -225,5 +292,93 @@ func TestCDNFetchesEachURLOnceAndServesPiecesFromEveryMember(t *testing.T) {
 		if got, msg := rawCall(t, "GET", "http://"+c.HTTPAddr(2)+bad.path, "", nil); got != bad.want {
 			t.Errorf("GET %s: %d (%s), want %d", bad.path, got, msg, bad.want)
 		}
+	}
+}
+
+func TestOwnerKilledMidFetchAnotherMemberCompletesIt(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
+	ctx := ctxT(t, 90*time.Second)
+	o := newOrigin(t)
+	o.chunkDelay = 8 * time.Millisecond // about 2 MiB/s: the 3 MiB file takes 1.5 s
+	data := randomBytes(7, 3<<20)
+	url := o.add("/big.bin", data)
+	cl := c.Client()
+	mustRegisterPeer(t, ctx, cl, "p", 1)
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Kill the owner once a few pieces are committed, well before the end.
+	waitTask(t, c, task.TaskID, 20*time.Second, func(x api.Task) bool { return x.PiecesCached != nil && *x.PiecesCached >= 4 })
+	first, _ := c.Member(c.Running()[0]).Node().FSM().Task(task.TaskID)
+	owner := -1
+	for _, i := range c.Running() {
+		if c.Member(i).ID() == first.Owner {
+			owner = i
+		}
+	}
+	if owner < 0 {
+		t.Fatalf("no running member is the owner %q", first.Owner)
+	}
+	c.Kill(owner)
+	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	var survivor int
+	for _, i := range c.Running() {
+		survivor = i
+	}
+	now, _ := c.Member(survivor).Node().FSM().Task(task.TaskID)
+	if now.Owner == first.Owner {
+		t.Fatalf("the dead member %s still owns the task", now.Owner)
+	}
+	if *done.PiecesCached != done.PieceCount || done.ContentLength != int64(len(data)) {
+		t.Fatalf("completed task: %+v", done)
+	}
+	checkFile(t, c.HTTPAddr(survivor), task.TaskID, data, pieceSize)
+	// At most one copy plus what the dead owner had read but not committed (its digests
+	// are committed every 8 pieces or 100 ms) and the resume's overlap.
+	sent, limit := o.bytesSent("/big.bin"), int64(len(data))+16*pieceSize
+	t.Logf("owner %s killed; %s completed; origin sent %d bytes for %d (%.2f copies)", first.Owner, now.Owner, sent, len(data), float64(sent)/float64(len(data)))
+	if sent > limit {
+		t.Fatalf("origin sent %d bytes, more than one copy plus the pieces in flight (%d)", sent, limit)
+	}
+}
+
+func TestOriginFileChangingMidFetchStartsANewGeneration(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
+	ctx := ctxT(t, 90*time.Second)
+	o := newOrigin(t)
+	o.chunkDelay = 2 * time.Millisecond
+	v1, v2 := randomBytes(1, 1<<20), randomBytes(2, 1<<20+12345)
+	url := o.add("/moving.bin", v1)
+	var changed atomic.Bool
+	o.afterBytes = func(path string, sent int64) bool {
+		// A third of the way through version 1, version 2 replaces it and the connection
+		// breaks: the resumed read must notice the change.
+		if sent > 300<<10 && changed.CompareAndSwap(false, true) {
+			o.mu.Lock() // not held while the hook runs
+			o.files["/moving.bin"] = v2
+			o.mu.Unlock()
+			return true
+		}
+		return false
+	}
+	cl := c.Client()
+	mustRegisterPeer(t, ctx, cl, "p", 1)
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	if done.Generation < 2 || done.ContentLength != int64(len(v2)) {
+		t.Fatalf("after the change: generation %d, length %d; want a new generation of %d bytes", done.Generation, done.ContentLength, len(v2))
+	}
+	for i := 0; i < 3; i++ {
+		checkFile(t, c.HTTPAddr(i), task.TaskID, v2, pieceSize) // never a mix of the two versions
+	}
+	// A piece of the old generation is refused.
+	if got, _ := rawCall(t, "GET", fmt.Sprintf("http://%s/tasks/%s/pieces/0/data?generation=1", c.HTTPAddr(0), task.TaskID), "", nil); got != 409 {
+		t.Fatalf("piece of generation 1 after the change: %d, want 409", got)
 	}
 }
