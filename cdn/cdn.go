@@ -90,14 +90,56 @@ func New(cfg Config) (*CDN, error) {
 // ends; it returns when every fetch has stopped.
 func (c *CDN) Run(ctx context.Context) {
 	defer c.wg.Wait()
+	var lastSweep time.Time
 	for {
 		applied := c.cfg.FSM.AppliedIndex()
 		c.scan(ctx)
+		if time.Since(lastSweep) >= sweepInterval {
+			c.sweep()
+			lastSweep = time.Now()
+		}
 		wait, cancel := context.WithTimeout(ctx, time.Second)
 		_ = c.cfg.FSM.WaitApplied(wait, applied+1) // wake on the next change, or after a second
 		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+	}
+}
+
+// sweepInterval is how often a member drops from its cache what the replicated state no
+// longer has: deleted tasks (DELETE /tasks/{id} removes the cache on every member this way)
+// and generations older than the task's current one.
+const sweepInterval = 2 * time.Second
+
+func (c *CDN) sweep() {
+	tasks, err := c.cfg.Store.Tasks()
+	if err != nil {
+		c.log.Warn("listing the cache", zap.Error(err))
+		return
+	}
+	for _, u := range tasks {
+		c.mu.Lock()
+		busy := c.active[u.TaskID]
+		c.mu.Unlock()
+		if busy {
+			continue
+		}
+		t, ok := c.cfg.FSM.Task(u.TaskID)
+		if !ok {
+			if err := c.cfg.Store.DeleteTask(u.TaskID); err != nil {
+				c.log.Warn("removing a deleted task's cache", zap.String("task", u.TaskID), zap.Error(err))
+			} else {
+				c.log.Info("cache of a deleted task removed", zap.String("task", u.TaskID), zap.Int64("bytes", u.Bytes))
+			}
+			continue
+		}
+		for _, g := range u.Generations {
+			if g < t.Generation {
+				if err := c.cfg.Store.DeleteGeneration(u.TaskID, g); err != nil {
+					c.log.Warn("removing an old generation", zap.String("task", u.TaskID), zap.Error(err))
+				}
+			}
 		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -380,5 +382,51 @@ func TestOriginFileChangingMidFetchStartsANewGeneration(t *testing.T) {
 	// A piece of the old generation is refused.
 	if got, _ := rawCall(t, "GET", fmt.Sprintf("http://%s/tasks/%s/pieces/0/data?generation=1", c.HTTPAddr(0), task.TaskID), "", nil); got != 409 {
 		t.Fatalf("piece of generation 1 after the change: %d, want 409", got)
+	}
+}
+
+func TestDeletedTaskLeavesEveryMembersCache(t *testing.T) {
+	const pieceSize = 64 << 10
+	dirs := make([]string, 3)
+	c := tc.New(t, 3, tc.Options{Configure: func(i int, cfg *member.Config) { cfg.PieceSize = pieceSize; dirs[i] = cfg.DataDir }})
+	ctx := ctxT(t, 60*time.Second)
+	o := newOrigin(t)
+	data := randomBytes(9, 500<<10)
+	url := o.add("/del.bin", data)
+	cl := c.Client()
+	mustRegisterPeer(t, ctx, cl, "p", 1)
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	for m := 0; m < 3; m++ { // reading through every member puts a copy nowhere but the owner
+		checkFile(t, c.HTTPAddr(m), task.TaskID, data, pieceSize)
+	}
+	taskDir := func(m int) string { return filepath.Join(dirs[m], "cdn", task.TaskID[:2], task.TaskID) }
+	cached := 0
+	for m := range dirs {
+		if _, err := os.Stat(taskDir(m)); err == nil {
+			cached++
+		}
+	}
+	if cached == 0 {
+		t.Fatal("no member holds the task's pieces on disk")
+	}
+	if err := cl.DeleteTask(ctx, task.TaskID); err != nil {
+		t.Fatal(err)
+	}
+	if !tc.Eventually(15*time.Second, func() bool {
+		for m := range dirs {
+			if _, err := os.Stat(taskDir(m)); err == nil {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatal("a deleted task's pieces are still on a member's disk")
+	}
+	if got, _ := rawCall(t, "GET", fmt.Sprintf("http://%s/tasks/%s/pieces/0/data", c.HTTPAddr(0), task.TaskID), "", nil); got != 404 {
+		t.Fatalf("piece of a deleted task: %d, want 404", got)
 	}
 }
