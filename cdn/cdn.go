@@ -29,6 +29,9 @@ var (
 // Proposer commits commands to the replicated state (cluster.Node).
 type Proposer interface {
 	Propose(ctx context.Context, cmds ...fsm.Command) (uint64, []fsm.Result, error)
+	// CaughtUp reports whether the member's state is current (it sees a leader and has
+	// applied all that is committed): until then, absence from the state proves nothing.
+	CaughtUp() bool
 }
 
 // Config configures a member's CDN.
@@ -73,6 +76,7 @@ type CDN struct {
 	log    *zap.Logger
 	mu     sync.Mutex
 	active map[string]bool // task IDs being fetched by this member
+	absent map[string]bool // cached tasks the state lacked at the last sweep
 	slots  chan struct{}
 	wg     sync.WaitGroup
 }
@@ -83,7 +87,8 @@ func New(cfg Config) (*CDN, error) {
 	if cfg.FSM == nil || cfg.Proposer == nil || cfg.Store == nil || cfg.Sources == nil || cfg.MemberID == "" {
 		return nil, errors.New("cdn: member ID, FSM, proposer, store and sources are required")
 	}
-	return &CDN{cfg: cfg, log: cfg.Logger.Named("cdn"), active: map[string]bool{}, slots: make(chan struct{}, cfg.MaxFetches)}, nil
+	return &CDN{cfg: cfg, log: cfg.Logger.Named("cdn"), active: map[string]bool{}, absent: map[string]bool{},
+		slots: make(chan struct{}, cfg.MaxFetches)}, nil
 }
 
 // Run watches the replicated state for tasks this member owns and fetches them, until ctx
@@ -112,7 +117,13 @@ func (c *CDN) Run(ctx context.Context) {
 // and generations older than the task's current one.
 const sweepInterval = 2 * time.Second
 
+// A member deletes only what a caught-up state lacks, and only after two sweeps in a row: a
+// member that has just restarted has not replayed the log yet, and must not take its whole
+// cache for deleted tasks.
 func (c *CDN) sweep() {
+	if !c.cfg.Proposer.CaughtUp() {
+		return
+	}
 	tasks, err := c.cfg.Store.Tasks()
 	if err != nil {
 		c.log.Warn("listing the cache", zap.Error(err))
@@ -126,7 +137,12 @@ func (c *CDN) sweep() {
 			continue
 		}
 		t, ok := c.cfg.FSM.Task(u.TaskID)
+		if !ok && !c.absent[u.TaskID] {
+			c.absent[u.TaskID] = true // gone from the state: deleted at the next sweep
+			continue
+		}
 		if !ok {
+			delete(c.absent, u.TaskID)
 			if err := c.cfg.Store.DeleteTask(u.TaskID); err != nil {
 				c.log.Warn("removing a deleted task's cache", zap.String("task", u.TaskID), zap.Error(err))
 			} else {
@@ -134,6 +150,7 @@ func (c *CDN) sweep() {
 			}
 			continue
 		}
+		delete(c.absent, u.TaskID)
 		for _, g := range u.Generations {
 			if g < t.Generation {
 				if err := c.cfg.Store.DeleteGeneration(u.TaskID, g); err != nil {

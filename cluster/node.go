@@ -412,6 +412,13 @@ func (n *Node) Ready() bool {
 	return addr != ""
 }
 
+// CaughtUp reports whether this member sees a leader and has applied every entry it knows
+// to be committed: its replicated state is then as current as the leader's last contact.
+// A member that has just restarted is not caught up until it has replayed the log.
+func (n *Node) CaughtUp() bool {
+	return n.Ready() && n.raft.CommitIndex() > 0 && n.raft.AppliedIndex() >= n.raft.CommitIndex()
+}
+
 // Barrier waits until this member has applied everything committed before the call
 // (leader only); tests and tools use it to read a settled state.
 func (n *Node) Barrier(timeout time.Duration) error {
