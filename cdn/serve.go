@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/dfly-ha/dfha/cdn/source"
 	"github.com/dfly-ha/dfha/cdn/storage"
 	"github.com/dfly-ha/dfha/sdk/api"
 	"go.uber.org/zap"
@@ -116,4 +118,40 @@ func (b *cancelOnClose) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
+}
+
+// credentialHeaders are the origin headers that make a task private: a peer gets none of
+// its pieces until the origin has accepted that peer's own headers.
+var credentialHeaders = []string{"authorization", "cookie", "proxy-authorization"}
+
+// Credentialed reports whether headers carry origin credentials.
+func Credentialed(headers map[string]string) bool {
+	for k := range headers {
+		for _, c := range credentialHeaders {
+			if strings.EqualFold(k, c) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ErrForbidden: the origin refused the peer's credentials for a private task.
+var ErrForbidden = errors.New("the origin refused these credentials")
+
+// CheckAccess asks the origin, cheaply (a probe), whether it accepts headers for url. The
+// API calls it before a peer joins a private task, so knowing a URL is not enough to read a
+// private file through the cluster.
+func (c *CDN) CheckAccess(ctx context.Context, url string, headers map[string]string) error {
+	src, err := c.cfg.Sources.For(url)
+	if err != nil {
+		return err
+	}
+	if _, err := src.Probe(ctx, source.Request{URL: url, Headers: headers}); err != nil {
+		if errors.Is(err, source.ErrUnauthorized) {
+			return fmt.Errorf("%w: %v", ErrForbidden, err)
+		}
+		return err
+	}
+	return nil
 }

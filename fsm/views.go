@@ -298,3 +298,15 @@ func (f *FSM) FirstUncached(taskID string) uint32 {
 		}
 	}
 }
+
+// PeerJoined reports whether a peer takes part in a task.
+func (f *FSM) PeerJoined(taskID, peerID string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return false
+	}
+	_, ok := t.holders[peerID]
+	return ok
+}

@@ -61,7 +61,11 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 	defer cancel()
 	cl := c.Client()
 	mustRegisterPeer(t, ctx, cl, "good-peer", 1)
-	taskID := mustRegisterTask(t, ctx, cl, "http://origin.example/file", "good-peer")
+	taskID := mustRegisterTask(t, ctx, cl, "http://127.0.0.1:9/file", "good-peer")
+	// Nothing listens at that origin: the owner marks the task failed; let that settle.
+	if !tc.Eventually(10*time.Second, func() bool { task, err := cl.GetTask(ctx, taskID); return err == nil && task.Status == "failed" }) {
+		t.Fatal("the task of an unreachable origin did not settle as failed")
+	}
 	before := c.WaitConverged(10 * time.Second)
 
 	tooManyReports := `{"peer_id":"good-peer","reports":[` + strings.TrimSuffix(strings.Repeat(`{"pieces":"1","status":"success"},`, 1025), ",") + `]}`
@@ -91,10 +95,10 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"task: no url", "POST", "/tasks", `{"peer_id":"good-peer"}`, 400},
 		{"task: ftp url", "POST", "/tasks", `{"url":"ftp://x/y","peer_id":"good-peer"}`, 400},
 		{"task: relative url", "POST", "/tasks", `{"url":"/etc/passwd","peer_id":"good-peer"}`, 400},
-		{"task: bad digest", "POST", "/tasks", `{"url":"http://o/x","peer_id":"good-peer","digest":"sha256:zz"}`, 400},
-		{"task: header with newline", "POST", "/tasks", `{"url":"http://o/x","peer_id":"good-peer","headers":{"X":"a\r\nB: c"}}`, 400},
-		{"task: no peer", "POST", "/tasks", `{"url":"http://o/x"}`, 400},
-		{"task: unknown peer", "POST", "/tasks", `{"url":"http://o/new","peer_id":"nobody"}`, 404},
+		{"task: bad digest", "POST", "/tasks", `{"url":"http://127.0.0.1:9/x","peer_id":"good-peer","digest":"sha256:zz"}`, 400},
+		{"task: header with newline", "POST", "/tasks", `{"url":"http://127.0.0.1:9/x","peer_id":"good-peer","headers":{"X":"a\r\nB: c"}}`, 400},
+		{"task: no peer", "POST", "/tasks", `{"url":"http://127.0.0.1:9/x"}`, 400},
+		{"task: unknown peer", "POST", "/tasks", `{"url":"http://127.0.0.1:9/new","peer_id":"nobody"}`, 404},
 		{"task: malformed", "POST", "/tasks", `{"url":1}`, 400},
 		{"get task: short id", "GET", "/tasks/abc", "", 400},
 		{"get task: uppercase id", "GET", "/tasks/" + strings.ToUpper(taskID), "", 400},

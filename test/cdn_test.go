@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/dfly-ha/dfha/cdn"
 	"github.com/dfly-ha/dfha/cluster/member"
+	"github.com/dfly-ha/dfha/sdk"
 	"github.com/dfly-ha/dfha/sdk/api"
 	tc "github.com/dfly-ha/dfha/test/cluster"
 )
@@ -257,6 +259,7 @@ func TestCDNFetchesEachURLOnceAndServesPiecesFromEveryMember(t *testing.T) {
 			}
 		}
 	}
+	c.WaitConverged(15 * time.Second) // every member has applied the owners' last commits
 	checkAllPieces()
 
 	// A restarted member serves its cache: the origin sends nothing more.
@@ -267,6 +270,7 @@ func TestCDNFetchesEachURLOnceAndServesPiecesFromEveryMember(t *testing.T) {
 	c.Kill(1)
 	c.Restart(1)
 	c.WaitForLeader(15 * time.Second)
+	c.WaitConverged(15 * time.Second)
 	checkAllPieces()
 	var after int64
 	for i := range data {
@@ -325,6 +329,7 @@ func TestOwnerKilledMidFetchAnotherMemberCompletesIt(t *testing.T) {
 	}
 	c.Kill(owner)
 	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	c.WaitConverged(15 * time.Second)
 	var survivor int
 	for _, i := range c.Running() {
 		survivor = i
@@ -373,6 +378,7 @@ func TestOriginFileChangingMidFetchStartsANewGeneration(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	c.WaitConverged(15 * time.Second)
 	if done.Generation < 2 || done.ContentLength != int64(len(v2)) {
 		t.Fatalf("after the change: generation %d, length %d; want a new generation of %d bytes", done.Generation, done.ContentLength, len(v2))
 	}
@@ -400,6 +406,7 @@ func TestDeletedTaskLeavesEveryMembersCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	c.WaitConverged(15 * time.Second)
 	for m := 0; m < 3; m++ { // reading through every member puts a copy nowhere but the owner
 		checkFile(t, c.HTTPAddr(m), task.TaskID, data, pieceSize)
 	}
@@ -416,7 +423,7 @@ func TestDeletedTaskLeavesEveryMembersCache(t *testing.T) {
 	if err := cl.DeleteTask(ctx, task.TaskID); err != nil {
 		t.Fatal(err)
 	}
-	if !tc.Eventually(15*time.Second, func() bool {
+	if !tc.Eventually(20*time.Second, func() bool {
 		for m := range dirs {
 			if _, err := os.Stat(taskDir(m)); err == nil {
 				return false
@@ -428,5 +435,74 @@ func TestDeletedTaskLeavesEveryMembersCache(t *testing.T) {
 	}
 	if got, _ := rawCall(t, "GET", fmt.Sprintf("http://%s/tasks/%s/pieces/0/data", c.HTTPAddr(0), task.TaskID), "", nil); got != 404 {
 		t.Fatalf("piece of a deleted task: %d, want 404", got)
+	}
+}
+
+func TestPrivateTaskNeedsEachPeersOwnCredentials(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
+	ctx := ctxT(t, 60*time.Second)
+	data := randomBytes(11, 300<<10)
+	const secret = "Bearer good-secret"
+	var originHits atomic.Int64
+	private := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		originHits.Add(1)
+		if r.Header.Get("Authorization") != secret {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		http.ServeContent(w, r, "", time.Unix(1e9, 0), bytes.NewReader(data))
+	}))
+	defer private.Close()
+	url := private.URL + "/private.bin"
+	cl := c.Client()
+	mustRegisterPeer(t, ctx, cl, "alice", 1)
+	mustRegisterPeer(t, ctx, cl, "mallory", 2)
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "alice", Headers: map[string]string{"Authorization": secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	c.WaitConverged(15 * time.Second)
+
+	// Knowing the URL is not enough: wrong or missing credentials are refused by the origin.
+	for _, h := range []map[string]string{nil, {"Authorization": "Bearer guess"}} {
+		_, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "mallory", Headers: h})
+		if !errors.Is(err, sdk.ErrUnauthorized) {
+			t.Fatalf("registration with headers %v: %v, want unauthorized", h, err)
+		}
+	}
+	for m := 0; m < 3; m++ {
+		for _, q := range []string{"", "?peer_id=mallory", "?peer_id=nobody"} {
+			if got, _ := rawCall(t, "GET", fmt.Sprintf("http://%s/tasks/%s/pieces/0/data%s", c.HTTPAddr(m), task.TaskID, q), "", nil); got != 403 {
+				t.Fatalf("member %d: private piece with %q: %d, want 403", m, q, got)
+			}
+		}
+		resp, err := http.Get(fmt.Sprintf("http://%s/tasks/%s/pieces/0/data?peer_id=alice", c.HTTPAddr(m), task.TaskID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(got, data[:pieceSize]) {
+			t.Fatalf("member %d: alice's piece: %d, %d bytes", m, resp.StatusCode, len(got))
+		}
+		// The credentials never come back through the API.
+		resp, err = http.Get(fmt.Sprintf("http://%s/tasks/%s", c.HTTPAddr(m), task.TaskID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if bytes.Contains(body, []byte("good-secret")) {
+			t.Fatalf("GET /tasks shows the origin credentials: %s", body)
+		}
+	}
+	// A second peer with the right credentials joins and reads.
+	if _, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "mallory", Headers: map[string]string{"Authorization": secret}}); err != nil {
+		t.Fatalf("registration with the right credentials: %v", err)
+	}
+	if got, _ := rawCall(t, "GET", fmt.Sprintf("http://%s/tasks/%s/pieces/1/data?peer_id=mallory&min_index=%d", c.HTTPAddr(2), task.TaskID, cl.LastIndex()), "", nil); got != 200 {
+		t.Fatalf("piece for a peer whose credentials were accepted: %d", got)
 	}
 }

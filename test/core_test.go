@@ -109,7 +109,7 @@ func writeState(t *testing.T, ctx context.Context, cl *sdk.Client, prefix string
 	for i := 0; i < peers; i++ {
 		mustRegisterPeer(t, ctx, cl, fmt.Sprintf("%s-p%d", prefix, i), i)
 	}
-	taskID = mustRegisterTask(t, ctx, cl, "http://origin.example/"+prefix+".bin", prefix+"-p0")
+	taskID = mustRegisterTask(t, ctx, cl, "http://127.0.0.1:9/"+prefix+".bin", prefix+"-p0")
 	for i := 0; i < peers; i++ {
 		err := cl.ReportPieces(ctx, taskID, fmt.Sprintf("0-%d", i), api.PieceReport{PeerID: fmt.Sprintf("%s-p%d", prefix, i), Status: "success"})
 		if err != nil {
@@ -343,7 +343,7 @@ func TestConcurrentReportsLandExactlyOnce(t *testing.T) {
 	for i := 0; i < peers; i++ {
 		mustRegisterPeer(t, ctx, cl, fmt.Sprintf("cr-%d", i), i)
 	}
-	taskID := mustRegisterTask(t, ctx, cl, "http://origin.example/concurrent", "cr-0")
+	taskID := mustRegisterTask(t, ctx, cl, "http://127.0.0.1:9/concurrent", "cr-0")
 	var wg sync.WaitGroup
 	errs := make(chan error, peers)
 	for i := 0; i < peers; i++ {
@@ -386,7 +386,7 @@ func TestSDKSurvivesDeadEndpointAndLeaderChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRegisterPeer(t, ctx, cl, "seq-0", 0)
-	taskID := mustRegisterTask(t, ctx, cl, "http://origin.example/seq", "seq-0")
+	taskID := mustRegisterTask(t, ctx, cl, "http://127.0.0.1:9/seq", "seq-0")
 	for step := 1; step <= 20; step++ {
 		if step == 8 {
 			c.Kill(c.Leader())

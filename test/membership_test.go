@@ -188,7 +188,7 @@ func TestLargeWritesThroughAFollowerAllCommit(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			body := fmt.Sprintf(`{"url":"http://o/f%d","peer_id":"p1","headers":%s}`, i, hp)
+			body := fmt.Sprintf(`{"url":"http://127.0.0.1:9/f%d","peer_id":"p1","headers":%s}`, i, hp)
 			st, msg := rawCall(t, "POST", "http://"+c.HTTPAddr(f)+"/tasks", body, map[string]string{api.HeaderRaftIndex: ""})
 			if st != http.StatusCreated {
 				errs <- fmt.Sprintf("%d %s", st, msg)

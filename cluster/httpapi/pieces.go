@@ -13,9 +13,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// PieceSource opens pieces for GET /tasks/{id}/pieces/{n}/data (cdn.CDN implements it).
+// PieceSource opens pieces for GET /tasks/{id}/pieces/{n}/data and checks a peer's origin
+// credentials before it joins a private task (cdn.CDN implements it).
 type PieceSource interface {
 	OpenPiece(ctx context.Context, taskID string, n uint32, generation uint64, localOnly bool) (cdn.Piece, error)
+	CheckAccess(ctx context.Context, url string, headers map[string]string) error
 }
 
 // pieceData streams a piece: from this member's cache, or from a member that has it. A
@@ -42,9 +44,12 @@ func (s *Server) pieceData(ctx *fasthttp.RequestCtx) {
 	if !s.readable(ctx) {
 		return
 	}
+	localOnly := len(ctx.Request.Header.Peek(api.HeaderForwarded)) > 0
+	if !localOnly && !s.mayRead(ctx, id) {
+		return
+	}
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	localOnly := len(ctx.Request.Header.Peek(api.HeaderForwarded)) > 0
 	p, err := s.cfg.Pieces.OpenPiece(c, id, uint32(n), generation, localOnly)
 	switch {
 	case err == nil:
@@ -67,4 +72,20 @@ func (s *Server) pieceData(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set(cdn.HeaderGeneration, strconv.FormatUint(p.Generation, 10))
 	ctx.Response.Header.Set(cdn.HeaderPieceDigest, "sha256:"+hex.EncodeToString(p.Digest[:]))
 	ctx.SetBodyStream(p.Body, int(p.Size)) // fasthttp closes p.Body once sent
+}
+
+// mayRead answers 403 (and false) when the task is private and the request does not name,
+// with ?peer_id=, a peer whose own credentials the origin accepted when it joined the task.
+// Members asking each other (X-Dfha-Forwarded) are trusted: the member they serve checked.
+func (s *Server) mayRead(ctx *fasthttp.RequestCtx, taskID string) bool {
+	t, found := s.fsm.Task(taskID)
+	if !found || !cdn.Credentialed(t.Headers) {
+		return true
+	}
+	peer := string(ctx.QueryArgs().Peek("peer_id"))
+	if api.ValidID(peer) && s.fsm.PeerJoined(taskID, peer) {
+		return true
+	}
+	s.fail(ctx, fasthttp.StatusForbidden, "task "+taskID+" is private: pass ?peer_id= of a peer registered to it with credentials the origin accepted")
+	return false
 }

@@ -2,8 +2,11 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
+	"github.com/dfly-ha/dfha/cdn"
 	"github.com/dfly-ha/dfha/fsm"
 	"github.com/dfly-ha/dfha/sdk/api"
 	"github.com/valyala/fasthttp"
@@ -47,6 +50,9 @@ func (s *Server) registerTask(ctx *fasthttp.RequestCtx) {
 		s.fail(ctx, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
+	if !s.credentialsAccepted(ctx, id, req) {
+		return
+	}
 	index, res, ok := s.propose(ctx, fsm.TaskRegister{TaskID: id, URL: req.URL, Digest: digest,
 		PeerID: req.PeerID, Headers: req.Headers, Filter: req.Filter})
 	if !ok {
@@ -57,6 +63,35 @@ func (s *Server) registerTask(ctx *fasthttp.RequestCtx) {
 		status = fasthttp.StatusCreated
 	}
 	s.replyTask(ctx, status, id, index, false)
+}
+
+// credentialsAccepted checks, for a private task (one registered with credentials, or
+// registered now with credentials), that the origin accepts this peer's own headers; it
+// answers 403 (and false) when it does not. Without a CDN (tests of the core) nothing is
+// checked.
+func (s *Server) credentialsAccepted(ctx *fasthttp.RequestCtx, id string, req api.RegisterTaskRequest) bool {
+	if s.cfg.Pieces == nil {
+		return true
+	}
+	existing, found := s.fsm.Task(id)
+	if !cdn.Credentialed(req.Headers) && !(found && cdn.Credentialed(existing.Headers)) {
+		return true
+	}
+	if found && s.fsm.PeerJoined(id, req.PeerID) {
+		return true
+	}
+	c, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	err := s.cfg.Pieces.CheckAccess(c, req.URL, req.Headers)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, cdn.ErrForbidden):
+		s.fail(ctx, fasthttp.StatusForbidden, "the origin refused this peer's credentials for "+id)
+	default:
+		s.fail(ctx, fasthttp.StatusBadGateway, "the origin could not be asked about this peer's credentials: "+err.Error())
+	}
+	return false
 }
 
 // replyTask answers with the task as this member sees it once it has applied index.

@@ -165,7 +165,7 @@ func setupPeers(ctx context.Context, cl *sdk.Client, n int, prefix string) (stri
 	if err, _ := firstErr.Load().(error); err != nil {
 		return "", err
 	}
-	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: "http://origin.invalid/" + prefix, PeerID: prefix + "-0"})
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: "http://127.0.0.1:9/" + prefix, PeerID: prefix + "-0"})
 	if err != nil {
 		return "", err
 	}
