@@ -14,6 +14,7 @@ import (
 	"github.com/dfly-ha/dfha/cdn/storage"
 	"github.com/dfly-ha/dfha/fsm"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // Errors of the CDN.
@@ -43,6 +44,9 @@ type Config struct {
 	Sources  *source.Sources
 	// PieceSize overrides the piece-size rule when positive (--piece-size).
 	PieceSize int64
+	// UploadLimiter, when set, paces every piece this member serves, all together
+	// (--upload-limit).
+	UploadLimiter *rate.Limiter
 	// MaxFetches bounds the origin fetches this member runs at once (default 4).
 	MaxFetches int
 	// CommitEvery: digests are committed after this many pieces or CommitInterval, whichever

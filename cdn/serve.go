@@ -50,7 +50,7 @@ func (c *CDN) OpenPiece(ctx context.Context, taskID string, n uint32, generation
 	}
 	body, size, err := c.cfg.Store.OpenPiece(taskID, gen, n)
 	if err == nil {
-		return Piece{Body: body, Size: size, Generation: gen, Digest: digest}, nil
+		return Piece{Body: c.paced(body), Size: size, Generation: gen, Digest: digest}, nil
 	}
 	if !errors.Is(err, storage.ErrNotFound) {
 		return Piece{}, fmt.Errorf("read cached piece: %w", err)
@@ -68,12 +68,20 @@ func (c *CDN) OpenPiece(ctx context.Context, taskID string, n uint32, generation
 		}
 		p, err := c.fromMember(ctx, info.HTTPAddr, taskID, n, gen)
 		if err == nil {
-			p.Digest = digest
+			p.Digest, p.Body = digest, c.paced(p.Body)
 			return p, nil
 		}
 		c.log.Debug("piece not read from member", zap.String("member", m), zap.String("task", taskID), zap.Uint32("piece", n), zap.Error(err))
 	}
 	return Piece{}, ErrNotCached
+}
+
+// paced applies the upload limit, if any, to a body this member serves.
+func (c *CDN) paced(body io.ReadCloser) io.ReadCloser {
+	if c.cfg.UploadLimiter == nil {
+		return body
+	}
+	return &pacedBody{body: body, lim: c.cfg.UploadLimiter}
 }
 
 // fromMember asks another member for a piece from its cache. The body outlives the call: it

@@ -506,3 +506,27 @@ func TestPrivateTaskNeedsEachPeersOwnCredentials(t *testing.T) {
 		t.Fatalf("piece for a peer whose credentials were accepted: %d", got)
 	}
 }
+
+func TestUploadLimitPacesPieceServing(t *testing.T) {
+	const pieceSize = 512 << 10
+	const limit = 2 << 20 // 2 MiB/s on every member
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize; cfg.UploadLimit = limit }})
+	ctx := ctxT(t, 60*time.Second)
+	o := newOrigin(t)
+	data := randomBytes(13, 2*pieceSize)
+	url := o.add("/paced.bin", data)
+	cl := c.Client()
+	mustRegisterPeer(t, ctx, cl, "p", 1)
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	// Two pieces (1 MiB) through one member at 2 MiB/s take at least about half a second;
+	// only a lower bound is checked (the machine may be slower, never faster).
+	start := time.Now()
+	checkFile(t, c.HTTPAddr(0), task.TaskID, data, pieceSize)
+	if elapsed := time.Since(start); elapsed < 300*time.Millisecond {
+		t.Fatalf("1 MiB served in %v with a 2 MiB/s upload limit", elapsed)
+	}
+}

@@ -56,6 +56,9 @@ type Config struct {
 	// MinIndexWait bounds how long a read waits for ?min_index (default 3s), after which it
 	// answers 503 so that the client tries another member.
 	MinIndexWait time.Duration
+	// ResponseTimeout bounds the writing of one whole answer (default 60s; a member with an
+	// upload limit needs more for large pieces).
+	ResponseTimeout time.Duration
 	// MaxBodyBytes bounds request bodies (default 8 MiB; forwarded batches are the largest).
 	MaxBodyBytes int
 	Logger       *zap.Logger
@@ -69,6 +72,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MinIndexWait == 0 {
 		c.MinIndexWait = 3 * time.Second
+	}
+	if c.ResponseTimeout == 0 {
+		c.ResponseTimeout = 60 * time.Second
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 8 << 20
@@ -122,7 +128,7 @@ func New(cfg Config) (*Server, error) {
 		ErrorHandler:       s.transportError,
 		Name:               "supernode",
 		ReadTimeout:        30 * time.Second,
-		WriteTimeout:       60 * time.Second,
+		WriteTimeout:       cfg.ResponseTimeout,
 		IdleTimeout:        90 * time.Second,
 		MaxRequestBodySize: cfg.MaxBodyBytes,
 		CloseOnShutdown:    true,

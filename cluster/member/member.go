@@ -59,6 +59,9 @@ type Config struct {
 	// OriginLimit caps all origin reads of this member together, in bytes per second
 	// (--origin-limit; 0: no limit).
 	OriginLimit float64
+	// UploadLimit caps all piece serving of this member together, in bytes per second
+	// (--upload-limit; 0: no limit).
+	UploadLimit float64
 	// Sources overrides the origin sources (tests add origins that need a custom TLS
 	// client); nil: http, https and file with the defaults.
 	Sources *source.Sources
@@ -191,8 +194,14 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		m.Kill()
 		return nil, err
 	}
+	// A paced upload of a large piece must not trip the response timeout.
+	responseTimeout := 60 * time.Second
+	if cfg.UploadLimit > 0 {
+		largest := float64(max(cfg.PieceSize, cdn.MaxPieceSize))
+		responseTimeout = max(responseTimeout, time.Duration(2*largest/cfg.UploadLimit*float64(time.Second)))
+	}
 	m.api, err = httpapi.New(httpapi.Config{Store: m.node, Loads: scheduler.NewLoadTable(nil),
-		Pieces: m.cdn, Token: cfg.Token, Logger: log, Registry: m.Registry})
+		Pieces: m.cdn, Token: cfg.Token, Logger: log, Registry: m.Registry, ResponseTimeout: responseTimeout})
 	if err != nil {
 		m.Kill()
 		return nil, err
@@ -217,15 +226,15 @@ func (m *Member) startCDN() error {
 	}
 	sources := m.cfg.Sources
 	if sources == nil {
-		var limiter *rate.Limiter
+		var limiter *rate.Limiter // nil: no limit
 		if m.cfg.OriginLimit > 0 {
-			burst := int(min(m.cfg.OriginLimit, 1<<20)) // reads wait in chunks of at most 1 MiB
-			limiter = rate.NewLimiter(rate.Limit(m.cfg.OriginLimit), max(burst, 1))
+			limiter = cdn.NewLimiter(m.cfg.OriginLimit)
 		}
 		sources = source.NewSources(source.Config{Logger: m.log, Limiter: limiter})
 	}
 	m.cdn, err = cdn.New(cdn.Config{MemberID: m.ident.ID, FSM: m.node.FSM(), Proposer: m.node,
-		Store: m.store, Sources: sources, PieceSize: m.cfg.PieceSize, Logger: m.log})
+		Store: m.store, Sources: sources, PieceSize: m.cfg.PieceSize,
+		UploadLimiter: cdn.NewLimiter(m.cfg.UploadLimit), Logger: m.log})
 	if err != nil {
 		return err
 	}

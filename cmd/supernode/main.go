@@ -40,6 +40,7 @@ func run(args []string) error {
 		debugAddr string
 		pieceSize string
 		originLim string
+		uploadLim string
 	)
 	fs.StringVar(&cfg.ID, "id", "", "member ID ([A-Za-z0-9._-], up to 128); needed the first time only")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./supernode-data", "directory of the member's Raft log, snapshots and identity")
@@ -52,6 +53,7 @@ func run(args []string) error {
 	fs.StringVar(&tokenFile, "token-file", "", "file holding a bearer token required for membership changes, task deletion and peer registration (default: none, open)")
 	fs.StringVar(&pieceSize, "piece-size", "auto", "piece size of new tasks (SIZE: 4MiB, 262144...); auto: 4 MiB, doubled for files over 8 GiB to stay within 2,048 pieces")
 	fs.StringVar(&originLim, "origin-limit", "none", "cap on all origin reads of this member together (RATE: 100MiB/s, 50MB/s...)")
+	fs.StringVar(&uploadLim, "upload-limit", "none", "cap on all piece serving of this member together (RATE: 100MiB/s, 50MB/s...)")
 	fs.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond, "time without leader contact before a follower starts an election")
 	fs.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "time a candidate waits for votes")
 	fs.DurationVar(&cfg.MemberDeadAfter, "member-dead-after", 3*time.Second, "failed heartbeats for this long mark a member dead (committed by the leader)")
@@ -91,6 +93,13 @@ func run(args []string) error {
 			return fmt.Errorf("--origin-limit %q: want none or a positive rate such as 100MiB/s", originLim)
 		}
 		cfg.OriginLimit = r
+	}
+	if uploadLim != "none" {
+		r, err := units.ParseRate(uploadLim)
+		if err != nil || r <= 0 {
+			return fmt.Errorf("--upload-limit %q: want none or a positive rate such as 100MiB/s", uploadLim)
+		}
+		cfg.UploadLimit = r
 	}
 	if tokenFile != "" {
 		p, err := os.ReadFile(tokenFile)
