@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -132,6 +133,17 @@ func waitTask(t *testing.T, c *tc.Cluster, id string, timeout time.Duration, con
 		t.Fatalf("task %s: condition not reached within %s; last seen %+v (cached %v)", id, timeout, last, last.PiecesCached)
 	}
 	return last
+}
+
+// registerURL registers peer "p" and a task for url as that peer.
+func registerURL(t *testing.T, ctx context.Context, cl *sdk.Client, url string) *api.Task {
+	t.Helper()
+	mustRegisterPeer(t, ctx, cl, "p", 1)
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task
 }
 
 // checkFile reads every piece of a task through addr and compares it with want.
@@ -310,11 +322,7 @@ func TestOwnerKilledMidFetchAnotherMemberCompletesIt(t *testing.T) {
 	data := randomBytes(7, 3<<20)
 	url := o.add("/big.bin", data)
 	cl := c.Client()
-	mustRegisterPeer(t, ctx, cl, "p", 1)
-	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	task := registerURL(t, ctx, cl, url)
 	// Kill the owner once a few pieces are committed, well before the end.
 	waitTask(t, c, task.TaskID, 20*time.Second, func(x api.Task) bool { return x.PiecesCached != nil && *x.PiecesCached >= 4 })
 	first, _ := c.Member(c.Running()[0]).Node().FSM().Task(task.TaskID)
@@ -372,11 +380,7 @@ func TestOriginFileChangingMidFetchStartsANewGeneration(t *testing.T) {
 		return false
 	}
 	cl := c.Client()
-	mustRegisterPeer(t, ctx, cl, "p", 1)
-	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	task := registerURL(t, ctx, cl, url)
 	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" })
 	c.WaitConverged(15 * time.Second)
 	if done.Generation < 2 || done.ContentLength != int64(len(v2)) {
@@ -400,11 +404,7 @@ func TestDeletedTaskLeavesEveryMembersCache(t *testing.T) {
 	data := randomBytes(9, 500<<10)
 	url := o.add("/del.bin", data)
 	cl := c.Client()
-	mustRegisterPeer(t, ctx, cl, "p", 1)
-	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	task := registerURL(t, ctx, cl, url)
 	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
 	c.WaitConverged(15 * time.Second)
 	for m := 0; m < 3; m++ { // reading through every member puts a copy nowhere but the owner
@@ -516,11 +516,7 @@ func TestUploadLimitPacesPieceServing(t *testing.T) {
 	data := randomBytes(13, 2*pieceSize)
 	url := o.add("/paced.bin", data)
 	cl := c.Client()
-	mustRegisterPeer(t, ctx, cl, "p", 1)
-	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	task := registerURL(t, ctx, cl, url)
 	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
 	// Two pieces (1 MiB) through one member at 2 MiB/s take at least about half a second;
 	// only a lower bound is checked (the machine may be slower, never faster).
