@@ -47,6 +47,14 @@ type Config struct {
 	// UploadLimiter, when set, paces every piece this member serves, all together
 	// (--upload-limit).
 	UploadLimiter *rate.Limiter
+	// CacheMaxBytes bounds this member's cache (--cache-max-bytes; 0: no bound). Above 95%
+	// of it, the least recently used tasks are deleted until it is under 85%.
+	CacheMaxBytes int64
+	// TaskExpiry: a task this member owns that nobody has used for this long is deleted
+	// from the cluster (--task-expiry; 0: never).
+	TaskExpiry time.Duration
+	// BusyWindow: a task used this recently is never evicted (default 1 minute).
+	BusyWindow time.Duration
 	// MaxFetches bounds the origin fetches this member runs at once (default 4).
 	MaxFetches int
 	// CommitEvery: digests are committed after this many pieces or CommitInterval, whichever
@@ -68,6 +76,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.CommitInterval == 0 {
 		c.CommitInterval = 100 * time.Millisecond
+	}
+	if c.BusyWindow == 0 {
+		c.BusyWindow = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
@@ -162,6 +173,51 @@ func (c *CDN) sweep() {
 				}
 			}
 		}
+	}
+	c.evict(tasks)
+}
+
+// evict deletes, through Raft, the tasks this member owns that have expired, and, while the
+// cache is above its high water mark, the least recently used ones until it is under the
+// low water mark. Only a task's owner stores its pieces, so evicting them means the cluster
+// no longer caches the task: it is deleted everywhere, and a later registration fetches it
+// again. A task being fetched, or used within BusyWindow, is never chosen.
+func (c *CDN) evict(lru []storage.Usage) {
+	now := time.Now()
+	used := c.cfg.Store.UsedBytes()
+	high, low := c.cfg.CacheMaxBytes*95/100, c.cfg.CacheMaxBytes*85/100
+	over := c.cfg.CacheMaxBytes > 0 && used > high
+	if !over && c.cfg.TaskExpiry == 0 {
+		return
+	}
+	for _, u := range lru { // least recently used first
+		t, ok := c.cfg.FSM.Task(u.TaskID)
+		if !ok || t.Owner != c.cfg.MemberID {
+			continue
+		}
+		last := u.LastAccess
+		if a := time.Unix(0, t.AccessedAt); a.After(last) {
+			last = a
+		}
+		c.mu.Lock()
+		busy := c.active[u.TaskID] || now.Sub(last) < c.cfg.BusyWindow
+		c.mu.Unlock()
+		expired := c.cfg.TaskExpiry > 0 && now.Sub(last) >= c.cfg.TaskExpiry
+		if busy || !(expired || (over && used > low)) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := c.commit(ctx, fsm.TaskDelete{TaskID: u.TaskID})
+		cancel()
+		if err != nil {
+			c.log.Warn("evicting a task", zap.String("task", u.TaskID), zap.Error(err))
+			continue
+		}
+		if err := c.cfg.Store.DeleteTask(u.TaskID); err == nil {
+			used -= u.Bytes
+		}
+		c.log.Info("task evicted", zap.String("task", u.TaskID), zap.Int64("bytes", u.Bytes),
+			zap.Bool("expired", expired), zap.Int64("cache_bytes", used))
 	}
 }
 

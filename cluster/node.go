@@ -40,6 +40,7 @@ type Node struct {
 	mu       sync.Mutex
 	failing  map[raft.ServerID]failure // followers whose heartbeats fail (leader only)
 	leaving  atomic.Bool               // this member is removing itself: do not re-add it
+	caughtUp atomic.Bool               // latched by CaughtUp
 	hadState bool                      // the data dir held Raft state at start
 
 	stop     chan struct{}
@@ -412,11 +413,19 @@ func (n *Node) Ready() bool {
 	return addr != ""
 }
 
-// CaughtUp reports whether this member sees a leader and has applied every entry it knows
-// to be committed: its replicated state is then as current as the leader's last contact.
-// A member that has just restarted is not caught up until it has replayed the log.
+// CaughtUp reports whether this member has, since it started, seen a leader and applied
+// every entry it then knew to be committed. A member that has just restarted is not caught
+// up until it has replayed the log; afterwards it stays caught up (the state only moves
+// forward), even while new writes keep the applied index a step behind the commit index.
 func (n *Node) CaughtUp() bool {
-	return n.Ready() && n.raft.CommitIndex() > 0 && n.raft.AppliedIndex() >= n.raft.CommitIndex()
+	if n.caughtUp.Load() {
+		return true
+	}
+	if n.Ready() && n.raft.CommitIndex() > 0 && n.raft.AppliedIndex() >= n.raft.CommitIndex() {
+		n.caughtUp.Store(true)
+		return true
+	}
+	return false
 }
 
 // Barrier waits until this member has applied everything committed before the call

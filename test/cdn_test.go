@@ -33,8 +33,10 @@ type origin struct {
 	mu    sync.Mutex
 	files map[string][]byte
 	sent  map[string]int64
-	// chunkDelay slows the body down: a pause after every 16 KiB (0: full speed).
-	chunkDelay time.Duration
+	// chunkDelay slows the body down: a pause after every 16 KiB (0: full speed);
+	// pathDelay does so for one path only (guarded by mu).
+	chunkDelay atomic.Int64 // a time.Duration
+	pathDelay  map[string]time.Duration
 	// afterBytes, when set, is called with the bytes sent so far for a path; when it
 	// returns true the connection is dropped (tests change the file mid-fetch with it).
 	afterBytes func(path string, sent int64) bool
@@ -81,7 +83,13 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		chunk := p
-		if w.o.chunkDelay > 0 && len(chunk) > 16<<10 {
+		delay := time.Duration(w.o.chunkDelay.Load())
+		w.o.mu.Lock()
+		if d, ok := w.o.pathDelay[w.path]; ok {
+			delay = d
+		}
+		w.o.mu.Unlock()
+		if delay > 0 && len(chunk) > 16<<10 {
 			chunk = chunk[:16<<10]
 		}
 		n, err := w.ResponseWriter.Write(chunk)
@@ -97,11 +105,11 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 			return written, err
 		}
 		p = p[len(chunk):]
-		if w.o.chunkDelay > 0 {
+		if delay > 0 {
 			if f, ok := w.ResponseWriter.(http.Flusher); ok {
 				f.Flush()
 			}
-			time.Sleep(w.o.chunkDelay)
+			time.Sleep(delay)
 		}
 	}
 	return written, nil
@@ -191,14 +199,14 @@ func TestCDNFetchesEachURLOnceAndServesPiecesFromEveryMember(t *testing.T) {
 	// One peer per member, and every URL registered on all three members at once.
 	var wg sync.WaitGroup
 	errs := make(chan error, 3*files)
-	taskIDs := make([]string, files)
+	perMember := [3][files]string{} // each member's answer, written by its own goroutines
 	for m := 0; m < 3; m++ {
 		mc := clientAt(t, c.HTTPAddr(m))
 		peer := fmt.Sprintf("peer-%d", m)
 		mustRegisterPeer(t, ctx, mc, peer, m)
 		for i := 0; i < files; i++ {
 			wg.Add(1)
-			go func(i int) {
+			go func(m, i int) {
 				defer wg.Done()
 				task, _, err := mc.RegisterTask(ctx, api.RegisterTaskRequest{URL: urls[i], PeerID: peer})
 				if err != nil {
@@ -208,14 +216,20 @@ func TestCDNFetchesEachURLOnceAndServesPiecesFromEveryMember(t *testing.T) {
 				if task.Status == "" || len(task.TaskID) != 64 {
 					errs <- fmt.Errorf("registration answer %+v", task)
 				}
-				taskIDs[i] = task.TaskID
-			}(i)
+				perMember[m][i] = task.TaskID
+			}(m, i)
 		}
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+	taskIDs := perMember[0][:]
+	for m := 1; m < 3; m++ {
+		if perMember[m] != perMember[0] {
+			t.Fatalf("member %d answered other task IDs than member 0 for the same URLs", m)
+		}
 	}
 
 	cl := c.Client()
@@ -318,7 +332,7 @@ func TestOwnerKilledMidFetchAnotherMemberCompletesIt(t *testing.T) {
 	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
 	ctx := ctxT(t, 90*time.Second)
 	o := newOrigin(t)
-	o.chunkDelay = 8 * time.Millisecond // about 2 MiB/s: the 3 MiB file takes 1.5 s
+	o.chunkDelay.Store(int64(8 * time.Millisecond)) // about 2 MiB/s: the 3 MiB file takes 1.5 s
 	data := randomBytes(7, 3<<20)
 	url := o.add("/big.bin", data)
 	cl := c.Client()
@@ -364,7 +378,7 @@ func TestOriginFileChangingMidFetchStartsANewGeneration(t *testing.T) {
 	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
 	ctx := ctxT(t, 90*time.Second)
 	o := newOrigin(t)
-	o.chunkDelay = 2 * time.Millisecond
+	o.chunkDelay.Store(int64(2 * time.Millisecond))
 	v1, v2 := randomBytes(1, 1<<20), randomBytes(2, 1<<20+12345)
 	url := o.add("/moving.bin", v1)
 	var changed atomic.Bool
@@ -525,4 +539,79 @@ func TestUploadLimitPacesPieceServing(t *testing.T) {
 	if elapsed := time.Since(start); elapsed < 300*time.Millisecond {
 		t.Fatalf("1 MiB served in %v with a 2 MiB/s upload limit", elapsed)
 	}
+}
+
+// dirBytes is the size of the piece files under dir.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var total int64
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".piece") {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}
+
+func TestEvictionKeepsTheCacheBoundedAndNeverDropsABusyTask(t *testing.T) {
+	const pieceSize = 64 << 10
+	const maxBytes = 1 << 20
+	var dataDir string
+	c := tc.New(t, 1, tc.Options{Configure: func(_ int, cfg *member.Config) {
+		cfg.PieceSize, cfg.CacheMaxBytes, cfg.CacheBusyWindow = pieceSize, maxBytes, 2*time.Second
+		dataDir = cfg.DataDir
+	}})
+	cacheDir := filepath.Join(dataDir, "cdn")
+	ctx := ctxT(t, 90*time.Second)
+	o := newOrigin(t)
+	cl := c.Client()
+	mustRegisterPeer(t, ctx, cl, "p", 1)
+	// A slow task, still being fetched while the cache overflows (about 6 s at 100 KiB/s).
+	slowData := randomBytes(20, 600<<10)
+	slowURL := o.add("/slow.bin", slowData)
+	o.mu.Lock()
+	o.pathDelay = map[string]time.Duration{"/slow.bin": 150 * time.Millisecond}
+	o.mu.Unlock()
+	slow, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: slowURL, PeerID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTask(t, c, slow.TaskID, 20*time.Second, func(x api.Task) bool { return x.Status == "running" })
+	// 6 x 300 KiB through a 1 MiB cache, at full speed.
+	var ids []string
+	for i := 0; i < 6; i++ {
+		url := o.add(fmt.Sprintf("/e%d.bin", i), randomBytes(uint64(30+i), 300<<10))
+		task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, task.TaskID)
+	}
+	evicted := func() int {
+		n := 0
+		for _, id := range ids {
+			if _, err := cl.GetTask(ctx, id); errors.Is(err, sdk.ErrNotFound) {
+				n++
+			}
+		}
+		return n
+	}
+	if !tc.Eventually(30*time.Second, func() bool { return evicted() > 0 }) {
+		t.Fatalf("nothing evicted with %d bytes cached for a %d-byte bound", dirBytes(t, cacheDir), maxBytes)
+	}
+	if task, err := cl.GetTask(ctx, slow.TaskID); err != nil || task.Status != "running" {
+		t.Fatalf("the task being fetched during the eviction: %+v, %v; want it kept, still running", task, err)
+	}
+	// It completes, whole, and the cache ends under its high water mark.
+	if !tc.Eventually(40*time.Second, func() bool {
+		task, err := cl.GetTask(ctx, slow.TaskID)
+		return err == nil && task.Status == "success" && dirBytes(t, cacheDir) <= maxBytes*95/100
+	}) {
+		t.Fatalf("cache holds %d bytes, over the %d high water mark (or the busy task did not finish)", dirBytes(t, cacheDir), maxBytes*95/100)
+	}
+	checkFile(t, c.HTTPAddr(0), slow.TaskID, slowData, pieceSize)
+	t.Logf("%d of %d tasks evicted; cache %d bytes (bound %d)", evicted(), len(ids), dirBytes(t, cacheDir), maxBytes)
 }

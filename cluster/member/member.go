@@ -59,6 +59,12 @@ type Config struct {
 	// OriginLimit caps all origin reads of this member together, in bytes per second
 	// (--origin-limit; 0: no limit).
 	OriginLimit float64
+	// CacheMaxBytes bounds the member's cache (--cache-max-bytes; 0: no bound); TaskExpiry
+	// deletes tasks nobody used for that long (--task-expiry; 0: never); a task used within
+	// CacheBusyWindow is never evicted (0: 1 minute).
+	CacheMaxBytes   int64
+	TaskExpiry      time.Duration
+	CacheBusyWindow time.Duration
 	// UploadLimit caps all piece serving of this member together, in bytes per second
 	// (--upload-limit; 0: no limit).
 	UploadLimit float64
@@ -234,7 +240,8 @@ func (m *Member) startCDN() error {
 	}
 	m.cdn, err = cdn.New(cdn.Config{MemberID: m.ident.ID, FSM: m.node.FSM(), Proposer: m.node,
 		Store: m.store, Sources: sources, PieceSize: m.cfg.PieceSize,
-		UploadLimiter: cdn.NewLimiter(m.cfg.UploadLimit), Logger: m.log})
+		UploadLimiter: cdn.NewLimiter(m.cfg.UploadLimit), CacheMaxBytes: m.cfg.CacheMaxBytes,
+		TaskExpiry: m.cfg.TaskExpiry, BusyWindow: m.cfg.CacheBusyWindow, Logger: m.log})
 	if err != nil {
 		return err
 	}

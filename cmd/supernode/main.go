@@ -41,6 +41,7 @@ func run(args []string) error {
 		pieceSize string
 		originLim string
 		uploadLim string
+		cacheMax  string
 	)
 	fs.StringVar(&cfg.ID, "id", "", "member ID ([A-Za-z0-9._-], up to 128); needed the first time only")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./supernode-data", "directory of the member's Raft log, snapshots and identity")
@@ -53,6 +54,8 @@ func run(args []string) error {
 	fs.StringVar(&tokenFile, "token-file", "", "file holding a bearer token required for membership changes, task deletion and peer registration (default: none, open)")
 	fs.StringVar(&pieceSize, "piece-size", "auto", "piece size of new tasks (SIZE: 4MiB, 262144...); auto: 4 MiB, doubled for files over 8 GiB to stay within 2,048 pieces")
 	fs.StringVar(&originLim, "origin-limit", "none", "cap on all origin reads of this member together (RATE: 100MiB/s, 50MB/s...)")
+	fs.StringVar(&cacheMax, "cache-max-bytes", "none", "bound of this member's cache (SIZE: 512MiB, 20GB...); above 95% the least recently used tasks are deleted down to 85%")
+	fs.DurationVar(&cfg.TaskExpiry, "task-expiry", 0, "delete tasks nobody has used for this long (0: never)")
 	fs.StringVar(&uploadLim, "upload-limit", "none", "cap on all piece serving of this member together (RATE: 100MiB/s, 50MB/s...)")
 	fs.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond, "time without leader contact before a follower starts an election")
 	fs.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "time a candidate waits for votes")
@@ -93,6 +96,13 @@ func run(args []string) error {
 			return fmt.Errorf("--origin-limit %q: want none or a positive rate such as 100MiB/s", originLim)
 		}
 		cfg.OriginLimit = r
+	}
+	if cacheMax != "none" {
+		n, err := units.ParseSize(cacheMax)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("--cache-max-bytes %q: want none or a positive size such as 20GB", cacheMax)
+		}
+		cfg.CacheMaxBytes = n
 	}
 	if uploadLim != "none" {
 		r, err := units.ParseRate(uploadLim)
