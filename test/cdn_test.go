@@ -258,6 +258,9 @@ func TestCDNFetchesEachURLOnceAndServesPiecesFromEveryMember(t *testing.T) {
 		}
 		ti, _ := f.Task(id)
 		owners[ti.Owner]++
+		if task, err := cl.GetTask(ctx, id); err != nil || len(task.Owners) != 1 || task.Owners[0] != ti.Owner {
+			t.Errorf("GET /tasks/%s shows owners %v, but %s fetched it", id, task.Owners, ti.Owner)
+		}
 		wantPieces := int64((len(data[i]) + pieceSize - 1) / pieceSize)
 		if ti.ContentLength != int64(len(data[i])) || ti.PieceCount != wantPieces || ti.PiecesCached != wantPieces {
 			t.Errorf("task %s: length %d pieces %d cached %d, want %d, %d, %d", id, ti.ContentLength, ti.PieceCount, ti.PiecesCached, len(data[i]), wantPieces, wantPieces)

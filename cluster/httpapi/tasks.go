@@ -107,8 +107,12 @@ func (s *Server) replyTask(ctx *fasthttp.RequestCtx, status int, id string, inde
 		s.fail(ctx, fasthttp.StatusNotFound, "task "+id+" not found")
 		return
 	}
+	owners := s.fsm.RingOwners(id, 1) // the members the ring of live members assigns it to
+	if owners == nil {
+		owners = []string{}
+	}
 	out := api.Task{TaskID: t.ID, Generation: t.Generation, Status: t.Status.String(),
-		PieceSize: t.PieceSize, ContentLength: t.ContentLength, PieceCount: t.PieceCount, Owners: []string{}}
+		PieceSize: t.PieceSize, ContentLength: t.ContentLength, PieceCount: t.PieceCount, Owners: owners}
 	if details {
 		out.PiecesCached, out.Peers = &t.PiecesCached, &t.Peers
 	}
