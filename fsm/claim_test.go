@@ -1,7 +1,6 @@
 package fsm_test
 
 import (
-	"bytes"
 	"testing"
 
 	"github.com/dfly-ha/dfha/cdn/ring"
@@ -110,24 +109,14 @@ func TestLivenessMovesOwnershipAndBumpsTheEpoch(t *testing.T) {
 		t.Fatalf("the old owner's new digests after losing the claim: code %d", r.Code)
 	}
 	// The ring survives a snapshot round trip (it is derived from the members).
-	f2 := restoreCopy(t, h)
+	snap, err := h.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := restored(t, persist(t, snap))
 	if f2.RingEpoch() != h.f.RingEpoch() || f2.RingOwners(tid1, 1)[0] != h.f.RingOwners(tid1, 1)[0] {
 		t.Fatal("restored ring differs")
 	}
 }
 
 func hashOf(h *harness) string { _, s := h.f.StateHash(); return s }
-
-// restoreCopy snapshots h's FSM and restores it into a new one.
-func restoreCopy(t *testing.T, h *harness) *fsm.FSM {
-	t.Helper()
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f2 := fsm.New(nil)
-	if err := f2.Restore(&closeTracker{Reader: bytes.NewReader(persist(t, snap))}); err != nil {
-		t.Fatal(err)
-	}
-	return f2
-}
