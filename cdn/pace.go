@@ -1,34 +1,6 @@
 package cdn
 
-import (
-	"context"
-	"io"
-
-	"golang.org/x/time/rate"
-)
-
-// pacedBody limits a piece body to a member-wide upload rate: it reads at most the
-// limiter's burst at a time and waits for as many tokens as bytes were read (WaitN refuses
-// more than the burst).
-type pacedBody struct {
-	body io.ReadCloser
-	lim  *rate.Limiter
-}
-
-func (b *pacedBody) Read(p []byte) (int, error) {
-	if burst := b.lim.Burst(); len(p) > burst {
-		p = p[:burst]
-	}
-	n, err := b.body.Read(p)
-	if n > 0 {
-		if werr := b.lim.WaitN(context.Background(), n); werr != nil {
-			return n, werr
-		}
-	}
-	return n, err
-}
-
-func (b *pacedBody) Close() error { return b.body.Close() }
+import "golang.org/x/time/rate"
 
 // NewLimiter returns a limiter of bytesPerSecond with a burst of at most 256 KiB (so that
 // uploads of several peers interleave), or nil for no limit.

@@ -81,7 +81,7 @@ func (c *CDN) paced(body io.ReadCloser) io.ReadCloser {
 	if c.cfg.UploadLimiter == nil {
 		return body
 	}
-	return &pacedBody{body: body, lim: c.cfg.UploadLimiter}
+	return source.Paced(context.Background(), body, c.cfg.UploadLimiter)
 }
 
 // fromMember asks another member for a piece from its cache. The body outlives the call: it

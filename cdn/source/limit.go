@@ -33,6 +33,12 @@ type limitError struct{ err error }
 func (e *limitError) Error() string { return "source: origin rate limit: " + e.err.Error() }
 func (e *limitError) Unwrap() error { return e.err }
 
+// Paced returns body read through lim: at most the limiter's burst at a time, waiting for
+// as many tokens as bytes were read. The CDN paces the pieces it serves with it too.
+func Paced(ctx context.Context, body io.ReadCloser, lim *rate.Limiter) io.ReadCloser {
+	return &limitedBody{ctx: ctx, body: body, lim: lim}
+}
+
 // limitedBody reads at most the limiter's burst at a time and then waits for as many
 // tokens as bytes were read (WaitN refuses more than the burst).
 type limitedBody struct {
