@@ -1,12 +1,12 @@
 package cdn
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
+	"hash"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +57,13 @@ type Config struct {
 	BusyWindow time.Duration
 	// MaxFetches bounds the origin fetches this member runs at once (default 4).
 	MaxFetches int
+	// Replicas is the number of members that cache each task (--cache-replicas, default 1):
+	// the first owner on the ring fetches it from the origin, the others copy its pieces
+	// from the members that have them.
+	Replicas int
+	// MaxCopies bounds the tasks whose pieces this member copies as a replica at once
+	// (default 4).
+	MaxCopies int
 	// CommitEvery: digests are committed after this many pieces or CommitInterval, whichever
 	// comes first (defaults 8 and 100ms), so that pieces become downloadable quickly without
 	// a log entry per piece.
@@ -70,6 +77,12 @@ type Config struct {
 func (c *Config) applyDefaults() {
 	if c.MaxFetches == 0 {
 		c.MaxFetches = 4
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.MaxCopies == 0 {
+		c.MaxCopies = 4
 	}
 	if c.CommitEvery == 0 {
 		c.CommitEvery = 8
@@ -90,9 +103,10 @@ type CDN struct {
 	cfg    Config
 	log    *zap.Logger
 	mu     sync.Mutex
-	active map[string]bool // task IDs being fetched by this member
+	active map[string]bool // task IDs being fetched or copied by this member
 	absent map[string]bool // cached tasks the state lacked at the last sweep
-	slots  chan struct{}
+	slots  chan struct{}   // origin fetches
+	copies chan struct{}   // replica copies
 	wg     sync.WaitGroup
 }
 
@@ -102,18 +116,23 @@ func New(cfg Config) (*CDN, error) {
 	if cfg.FSM == nil || cfg.Proposer == nil || cfg.Store == nil || cfg.Sources == nil || cfg.MemberID == "" {
 		return nil, errors.New("cdn: member ID, FSM, proposer, store and sources are required")
 	}
+	if cfg.Replicas < 1 || cfg.MaxFetches < 1 || cfg.MaxCopies < 1 {
+		return nil, fmt.Errorf("cdn: replicas (%d), fetches (%d) and copies (%d) must be at least 1", cfg.Replicas, cfg.MaxFetches, cfg.MaxCopies)
+	}
 	return &CDN{cfg: cfg, log: cfg.Logger.Named("cdn"), active: map[string]bool{}, absent: map[string]bool{},
-		slots: make(chan struct{}, cfg.MaxFetches)}, nil
+		slots: make(chan struct{}, cfg.MaxFetches), copies: make(chan struct{}, cfg.MaxCopies)}, nil
 }
 
-// Run watches the replicated state for tasks this member owns and fetches them, until ctx
-// ends; it returns when every fetch has stopped.
+// Run watches the replicated state for tasks this member owns and fetches them, and for
+// tasks it holds a replica of and copies their pieces, until ctx ends; it returns when every
+// fetch and copy has stopped.
 func (c *CDN) Run(ctx context.Context) {
 	defer c.wg.Wait()
 	var lastSweep time.Time
 	for {
 		applied := c.cfg.FSM.AppliedIndex()
 		c.scan(ctx)
+		c.scanReplicas(ctx)
 		if time.Since(lastSweep) >= sweepInterval {
 			c.sweep()
 			lastSweep = time.Now()
@@ -268,21 +287,27 @@ func (c *CDN) claim(ctx context.Context, t fsm.OwnedTask) error {
 // commit proposes commands and returns the first command's error, if any. Nothing is
 // proposed once ctx has ended (a stopping member commits nothing more).
 func (c *CDN) commit(ctx context.Context, cmds ...fsm.Command) error {
+	_, err := c.commitAt(ctx, cmds...)
+	return err
+}
+
+// commitAt is commit that also returns the log index the commands were applied at.
+func (c *CDN) commitAt(ctx context.Context, cmds ...fsm.Command) (uint64, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	_, res, err := c.cfg.Proposer.Propose(cctx, cmds...)
+	index, res, err := c.cfg.Proposer.Propose(cctx, cmds...)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, r := range res {
 		if err := r.Err(); err != nil {
-			return err
+			return index, err
 		}
 	}
-	return nil
+	return index, nil
 }
 
 // fetch reads a task from its origin once, from the first piece no member has cached, and
@@ -321,13 +346,15 @@ func (c *CDN) fetch(ctx context.Context, t fsm.OwnedTask) error {
 	offset := int64(first) * pieceSize
 	log.Info("fetching from the origin", zap.Uint64("generation", gen), zap.Int64("length", info.ContentLength),
 		zap.Int64("piece_size", pieceSize), zap.Uint32("from_piece", first))
-	r := source.NewResumingReader(ctx, src, req, offset, info, source.ResumeOptions{Logger: c.log})
+	rctx, stopReading := context.WithCancel(ctx)
+	r := source.NewResumingReader(rctx, src, req, offset, info, source.ResumeOptions{Logger: c.log})
 	defer r.Close()
-	var whole = sha256.New() // the whole file's digest, when the fetch starts at byte 0
-	if first != 0 {
-		whole = nil
+	var whole hash.Hash // the whole file's digest, when the task expects one and the fetch starts at byte 0
+	if strings.HasPrefix(t.Digest, "sha256:") && first == 0 {
+		whole = sha256.New()
 	}
-	buf := make([]byte, pieceSize)
+	pieces := c.storePieces(rctx, r, t.ID, gen, first, pieceSize, whole)
+	defer pieces.stop(stopReading)
 	var pending [][32]byte
 	pendingFrom, n := first, first
 	lastCommit := time.Now()
@@ -340,39 +367,30 @@ func (c *CDN) fetch(ctx context.Context, t fsm.OwnedTask) error {
 		return err
 	}
 	total := offset
-	for {
-		k, rerr := io.ReadFull(r, buf)
-		if k > 0 {
-			digest := sha256.Sum256(buf[:k])
-			if err := c.cfg.Store.WritePiece(t.ID, gen, n, bytes.NewReader(buf[:k]), int64(k), digest); err != nil {
-				return fmt.Errorf("store piece %d: %w", n, err)
-			}
-			if whole != nil {
-				whole.Write(buf[:k])
-			}
-			pending = append(pending, digest)
-			n++
-			total += int64(k)
-			if len(pending) >= c.cfg.CommitEvery || time.Since(lastCommit) >= c.cfg.CommitInterval {
-				if err := flush(); err != nil {
-					return fmt.Errorf("commit pieces: %w", err)
-				}
+	for p := range pieces.next() {
+		if p.err != nil {
+			return fmt.Errorf("store piece %d: %w", p.n, p.err)
+		}
+		pending = append(pending, p.digest)
+		n = p.n + 1
+		total += p.size
+		if len(pending) >= c.cfg.CommitEvery || time.Since(lastCommit) >= c.cfg.CommitInterval {
+			if err := flush(); err != nil {
+				return fmt.Errorf("commit pieces: %w", err)
 			}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if errors.Is(rerr, source.ErrChanged) {
-			// The origin's file changed under us: nothing of this generation is kept; the
-			// task starts over as generation gen+1 (the next scan fetches it).
-			log.Info("origin file changed during the fetch: starting a new generation", zap.Uint64("generation", gen+1))
-			return c.commit(ctx, fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: gen + 1,
-				Status: fsm.TaskPending, PieceSize: -1, ContentLength: -1, PieceCount: -1})
-		}
-		if rerr != nil {
-			_ = flush()
-			return c.failTask(ctx, t, rerr)
-		}
+	}
+	switch rerr := pieces.err; {
+	case rerr == nil:
+	case errors.Is(rerr, source.ErrChanged):
+		// The origin's file changed under us: nothing of this generation is kept; the
+		// task starts over as generation gen+1 (the next scan fetches it).
+		log.Info("origin file changed during the fetch: starting a new generation", zap.Uint64("generation", gen+1))
+		return c.commit(ctx, fsm.TaskMeta{TaskID: t.ID, MemberID: c.cfg.MemberID, Generation: gen + 1,
+			Status: fsm.TaskPending, PieceSize: -1, ContentLength: -1, PieceCount: -1})
+	default:
+		_ = flush()
+		return c.failTask(ctx, t, rerr)
 	}
 	if err := flush(); err != nil {
 		return fmt.Errorf("commit pieces: %w", err)
@@ -383,7 +401,7 @@ func (c *CDN) fetch(ctx context.Context, t fsm.OwnedTask) error {
 
 // finish checks the whole-file digest (when the task expects one and this member read the
 // whole file) and marks the task complete.
-func (c *CDN) finish(ctx context.Context, meta fsm.TaskMeta, whole interface{ Sum([]byte) []byte }) error {
+func (c *CDN) finish(ctx context.Context, meta fsm.TaskMeta, whole hash.Hash) error {
 	meta.Status = fsm.TaskSuccess
 	if t, ok := c.cfg.FSM.Task(meta.TaskID); ok && t.Digest != "" && whole != nil {
 		if want := t.Digest; len(want) > 7 && want[:7] == "sha256:" && fmt.Sprintf("sha256:%x", whole.Sum(nil)) != want {

@@ -3,6 +3,7 @@ package fsm
 import (
 	"context"
 	"math/bits"
+	"slices"
 	"sort"
 )
 
@@ -309,4 +310,83 @@ func (f *FSM) PeerJoined(taskID, peerID string) bool {
 	}
 	_, ok := t.holders[peerID]
 	return ok
+}
+
+// ReplicaTask is a task that a member holds a replica of and that has pieces for it to copy.
+type ReplicaTask struct {
+	ID         string
+	Generation uint64
+	Status     TaskStatus
+}
+
+// ReplicaTasks lists, sorted by ID, the running or complete tasks whose replica owner
+// memberID is (one of RingOwners(id, replicas) after the first) and that have pieces a live
+// member other than memberID has cached and memberID has not. None when replicas <= 1.
+func (f *FSM) ReplicaTasks(memberID string, replicas int) []ReplicaTask {
+	if replicas <= 1 {
+		return nil
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []ReplicaTask
+	for id, t := range f.s.tasks {
+		if t.status != TaskRunning && t.status != TaskSuccess {
+			continue
+		}
+		owners := f.s.ring.Owners(id, replicas)
+		if len(owners) < 2 || !slices.Contains(owners[1:], memberID) || len(f.s.toCopy(t, memberID)) == 0 {
+			continue
+		}
+		out = append(out, ReplicaTask{ID: id, Generation: t.generation, Status: t.status})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// PiecesToCopy returns the task's current generation and, in increasing order, the pieces
+// of it that a live member other than memberID has cached and memberID has not: what a
+// replica copies from the other members.
+func (f *FSM) PiecesToCopy(taskID, memberID string) (generation uint64, pieces []uint32) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t := f.s.tasks[taskID]
+	if t == nil {
+		return 0, nil
+	}
+	for w, word := range f.s.toCopy(t, memberID) {
+		for word != 0 {
+			b := bits.TrailingZeros64(word)
+			pieces = append(pieces, uint32(w*64+b))
+			word &^= 1 << b
+		}
+	}
+	return t.generation, pieces
+}
+
+// toCopy returns, as bitset words, the pieces of t that live members other than memberID
+// have cached, less those memberID has (nil when none).
+func (s *state) toCopy(t *task, memberID string) []uint64 {
+	var words []uint64
+	for m, b := range t.cached {
+		if b == nil || m == memberID || s.members[m] == nil || !s.members[m].alive {
+			continue
+		}
+		if len(b.words) > len(words) {
+			words = append(words, make([]uint64, len(b.words)-len(words))...)
+		}
+		for i, w := range b.words {
+			words[i] |= w
+		}
+	}
+	if mine := t.cached[memberID]; mine != nil {
+		for i := range min(len(words), len(mine.words)) {
+			words[i] &^= mine.words[i]
+		}
+	}
+	for _, w := range words {
+		if w != 0 {
+			return words
+		}
+	}
+	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -617,4 +619,198 @@ func TestEvictionKeepsTheCacheBoundedAndNeverDropsABusyTask(t *testing.T) {
 	}
 	checkFile(t, c.HTTPAddr(0), slow.TaskID, slowData, pieceSize)
 	t.Logf("%d of %d tasks evicted; cache %d bytes (bound %d)", evicted(), len(ids), dirBytes(t, cacheDir), maxBytes)
+}
+
+// memberIndex returns the test cluster index of the member with the given ID (-1: none).
+func memberIndex(c *tc.Cluster, id string) int {
+	for i := 0; i < c.N(); i++ {
+		if m := c.Member(i); m != nil && m.ID() == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// cachedByAll reports whether every one of pieces pieces is cached by exactly the members
+// in want, as member i's state says; it describes the first piece that is not.
+func cachedByAll(c *tc.Cluster, i int, id string, pieces int, want []string) (bool, string) {
+	f := c.Member(i).Node().FSM()
+	for n := 0; n < pieces; n++ {
+		got := f.PieceCachedBy(id, uint32(n))
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			return false, fmt.Sprintf("piece %d cached by %v, want %v", n, got, want)
+		}
+	}
+	return true, ""
+}
+
+func TestCacheReplicasCopyEveryPieceAndSurviveThePrimary(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize, cfg.CacheReplicas = pieceSize, 2 }})
+	ctx := ctxT(t, 90*time.Second)
+	o := newOrigin(t)
+	data := randomBytes(17, 2<<20+4321)
+	pieces := (len(data) + pieceSize - 1) / pieceSize
+	url := o.add("/replicated.bin", data)
+	cl := c.Client()
+	task := registerURL(t, ctx, cl, url)
+	if len(task.Owners) != 2 {
+		t.Fatalf("registration answer lists owners %v, want 2", task.Owners)
+	}
+	waitTask(t, c, task.TaskID, 30*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	owners := c.Member(0).Node().FSM().RingOwners(task.TaskID, 2)
+	sorted := append([]string(nil), owners...)
+	sort.Strings(sorted)
+	// The replica copies the pieces as the primary commits them: both soon hold every one,
+	// and the third member none.
+	var why string
+	if !tc.Eventually(20*time.Second, func() (ok bool) {
+		for _, i := range c.Running() {
+			if ok, why = cachedByAll(c, i, task.TaskID, pieces, sorted); !ok {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("the two owners %v do not both cache every piece: %s", owners, why)
+	}
+	if ti, _ := c.Member(0).Node().FSM().Task(task.TaskID); ti.Owner != owners[0] {
+		t.Fatalf("fetched by %q, want the primary %s", ti.Owner, owners[0])
+	}
+	if got, err := cl.GetTask(ctx, task.TaskID); err != nil || strings.Join(got.Owners, ",") != strings.Join(owners, ",") {
+		t.Fatalf("GET /tasks/%s owners %v (%v), want %v", task.TaskID, got.Owners, err, owners)
+	}
+	sent := o.bytesSent("/replicated.bin")
+	t.Logf("owners %v; origin sent %.2f copies", owners, float64(sent)/float64(len(data)))
+	if sent != int64(len(data)) {
+		t.Fatalf("origin sent %d bytes for a %d-byte file with 2 replicas: want exactly one copy", sent, len(data))
+	}
+
+	// The primary dies: every remaining member serves every piece, from the replica, and
+	// the origin sends nothing more.
+	primary := memberIndex(c, owners[0])
+	c.Kill(primary)
+	for _, i := range c.Running() {
+		checkFile(t, c.HTTPAddr(i), task.TaskID, data, pieceSize)
+	}
+	c.WaitForLeader(15 * time.Second)
+	// The third member is the second owner now, and copies everything from the replica.
+	survivors := c.Running()
+	var live []string
+	for _, i := range survivors {
+		live = append(live, c.Member(i).ID())
+	}
+	sort.Strings(live)
+	if !tc.Eventually(30*time.Second, func() bool {
+		for _, i := range survivors {
+			f := c.Member(i).Node().FSM()
+			for n := 0; n < pieces; n++ {
+				got := f.PieceCachedBy(task.TaskID, uint32(n))
+				got = slices.DeleteFunc(got, func(m string) bool { return m == owners[0] })
+				if strings.Join(got, ",") != strings.Join(live, ",") {
+					why = fmt.Sprintf("member %d: piece %d cached by live %v, want %v", i, n, got, live)
+					return false
+				}
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("the new second owner did not copy every piece: %s", why)
+	}
+	for _, i := range survivors {
+		checkFile(t, c.HTTPAddr(i), task.TaskID, data, pieceSize)
+	}
+	if got, err := clientAt(t, c.HTTPAddr(survivors[0])).GetTask(ctx, task.TaskID); err != nil || len(got.Owners) != 2 || slices.Contains(got.Owners, owners[0]) {
+		t.Fatalf("owners after the primary died: %v (%v), want the 2 survivors", got.Owners, err)
+	}
+	if after := o.bytesSent("/replicated.bin"); after != sent {
+		t.Fatalf("the origin sent %d more bytes after the primary died", after-sent)
+	}
+}
+
+func TestCacheReplicaTakesOverAPrimaryKilledMidFetch(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize, cfg.CacheReplicas = pieceSize, 2 }})
+	ctx := ctxT(t, 90*time.Second)
+	o := newOrigin(t)
+	o.chunkDelay.Store(int64(8 * time.Millisecond)) // about 2 MiB/s: the 3 MiB file takes 1.5 s
+	data := randomBytes(23, 3<<20)
+	pieces := int64(len(data) / pieceSize)
+	url := o.add("/replicated-big.bin", data)
+	cl := c.Client()
+	task := registerURL(t, ctx, cl, url)
+	owners := c.Member(0).Node().FSM().RingOwners(task.TaskID, 2)
+	// Kill the primary half way, once the replica holds a good part of what it fetched.
+	var replicaHas int
+	if !tc.Eventually(30*time.Second, func() bool {
+		f := c.Member(memberIndex(c, owners[1])).Node().FSM()
+		replicaHas = 0
+		for n := 0; n < int(pieces); n++ {
+			if slices.Contains(f.PieceCachedBy(task.TaskID, uint32(n)), owners[1]) {
+				replicaHas++
+			}
+		}
+		return replicaHas >= int(pieces)/2
+	}) {
+		t.Fatalf("the replica %s copied only %d pieces", owners[1], replicaHas)
+	}
+	c.Kill(memberIndex(c, owners[0]))
+	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" })
+	c.WaitConverged(15 * time.Second)
+	survivor := c.Running()[0]
+	if now, _ := c.Member(survivor).Node().FSM().Task(task.TaskID); now.Owner != owners[1] {
+		t.Fatalf("completed by %q, want the replica %s", now.Owner, owners[1])
+	}
+	if *done.PiecesCached != pieces || done.ContentLength != int64(len(data)) {
+		t.Fatalf("completed task: %+v", done)
+	}
+	for _, i := range c.Running() {
+		checkFile(t, c.HTTPAddr(i), task.TaskID, data, pieceSize)
+	}
+	// The new primary resumed after the replica's copies: one copy, plus what the dead
+	// primary had read but the replica had not copied yet (a commit batch or two).
+	sent := o.bytesSent("/replicated-big.bin")
+	t.Logf("primary %s killed when the replica had %d of %d pieces; origin sent %.2f copies", owners[0], replicaHas, pieces, float64(sent)/float64(len(data)))
+	if limit := int64(len(data)) + 16*pieceSize; sent > limit {
+		t.Fatalf("origin sent %d bytes, more than one copy plus the pieces in flight (%d)", sent, limit)
+	}
+}
+
+func TestOriginDroppingTheConnectionMidBodyIsResumed(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
+	ctx := ctxT(t, 90*time.Second)
+	o := newOrigin(t)
+	data := randomBytes(19, 4<<20+777)
+	url := o.add("/flaky.bin", data)
+	// The connection breaks twice in the middle of the body, once in the first answer and
+	// once in the resumed one (a Range request, which the origin honours).
+	var drops atomic.Int32
+	breaks := []int64{1<<20 + 12345, 2<<20 + 54321}
+	o.afterBytes = func(path string, sent int64) bool {
+		k := drops.Load()
+		if path == "/flaky.bin" && int(k) < len(breaks) && sent >= breaks[k] {
+			return drops.CompareAndSwap(k, k+1)
+		}
+		return false
+	}
+	cl := c.Client()
+	task := registerURL(t, ctx, cl, url)
+	done := waitTask(t, c, task.TaskID, 60*time.Second, func(x api.Task) bool { return x.Status == "success" || x.Status == "failed" })
+	if done.Status != "success" || done.ContentLength != int64(len(data)) || *done.PiecesCached != done.PieceCount {
+		t.Fatalf("task after the origin dropped the connection: %+v", done)
+	}
+	if drops.Load() != int32(len(breaks)) {
+		t.Fatalf("the origin dropped the connection %d times, want %d", drops.Load(), len(breaks))
+	}
+	c.WaitConverged(15 * time.Second)
+	for i := 0; i < 3; i++ {
+		checkFile(t, c.HTTPAddr(i), task.TaskID, data, pieceSize)
+	}
+	sent := o.bytesSent("/flaky.bin")
+	copies := float64(sent) / float64(len(data))
+	t.Logf("origin dropped the connection %d times; it sent %d bytes for %d (%.3f copies)", drops.Load(), sent, len(data), copies)
+	if copies > 1.05 {
+		t.Fatalf("origin sent %.3f copies, want at most 1.05", copies)
+	}
 }

@@ -59,6 +59,12 @@ type Driver interface {
 	// piece each return nil when their bytes were right; one copy is kept.
 	WritePiece(taskID string, gen uint64, n uint32, r io.Reader, size int64, digest [32]byte) error
 
+	// StorePiece is WritePiece for a piece whose digest the caller does not know: it stores
+	// the size bytes r gives (ErrSizeMismatch for fewer or more) and returns their SHA-256,
+	// which the piece is then stored under. It reads and hashes the bytes once, where
+	// computing the digest first and calling WritePiece hashes them twice.
+	StorePiece(taskID string, gen uint64, n uint32, r io.Reader, size int64) ([32]byte, error)
+
 	// OpenPiece opens piece n of generation gen for reading and returns its size. Local returns
 	// an *os.File positioned at 0 (so copying it to a TCP connection can use sendfile); the
 	// caller closes it. A piece deleted or replaced after OpenPiece returns stays readable

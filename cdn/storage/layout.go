@@ -168,9 +168,10 @@ const copyBufSize = 256 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// copyHashed copies r to w (w may be nil: hash only), reading at most size+1 bytes, and
-// checks that exactly size bytes came and that they hash to digest. n is for messages.
-func copyHashed(w io.Writer, r io.Reader, size int64, digest [32]byte, n uint32) error {
+// copyHashed copies r to w (w may be nil: hash only), reading at most size+1 bytes, checks
+// that exactly size bytes came and, when want is set, that they hash to it, and returns
+// their SHA-256. n is for messages.
+func copyHashed(w io.Writer, r io.Reader, size int64, want *[32]byte, n uint32) ([32]byte, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -184,7 +185,7 @@ func copyHashed(w io.Writer, r io.Reader, size int64, digest [32]byte, n uint32)
 			h.Write(buf[:k])
 			if w != nil {
 				if _, werr := w.Write(buf[:k]); werr != nil {
-					return werr
+					return [32]byte{}, werr
 				}
 			}
 		}
@@ -192,21 +193,21 @@ func copyHashed(w io.Writer, r io.Reader, size int64, digest [32]byte, n uint32)
 			break
 		}
 		if rerr != nil {
-			return fmt.Errorf("storage: reading piece %d: %w", n, rerr)
+			return [32]byte{}, fmt.Errorf("storage: reading piece %d: %w", n, rerr)
 		}
 	}
 	if got != size {
 		if got > size {
-			return fmt.Errorf("%w: piece %d: more than %d bytes", ErrSizeMismatch, n, size)
+			return [32]byte{}, fmt.Errorf("%w: piece %d: more than %d bytes", ErrSizeMismatch, n, size)
 		}
-		return fmt.Errorf("%w: piece %d: %d bytes, want %d", ErrSizeMismatch, n, got, size)
+		return [32]byte{}, fmt.Errorf("%w: piece %d: %d bytes, want %d", ErrSizeMismatch, n, got, size)
 	}
 	var sum [32]byte
 	h.Sum(sum[:0])
-	if sum != digest {
-		return fmt.Errorf("%w: piece %d: sha256 %x, want %x", ErrDigestMismatch, n, sum, digest)
+	if want != nil && sum != *want {
+		return sum, fmt.Errorf("%w: piece %d: sha256 %x, want %x", ErrDigestMismatch, n, sum, *want)
 	}
-	return nil
+	return sum, nil
 }
 
 // hashFile returns the size and SHA-256 of the file at path.

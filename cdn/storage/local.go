@@ -186,10 +186,21 @@ func (l *Local) lookup(id string, gen uint64, n uint32) (pieceInfo, bool) {
 
 // WritePiece implements Driver.
 func (l *Local) WritePiece(id string, gen uint64, n uint32, r io.Reader, size int64, digest [32]byte) error {
+	_, err := l.writePiece(id, gen, n, r, size, &digest)
+	return err
+}
+
+// StorePiece implements Driver.
+func (l *Local) StorePiece(id string, gen uint64, n uint32, r io.Reader, size int64) ([32]byte, error) {
+	return l.writePiece(id, gen, n, r, size, nil)
+}
+
+// writePiece stores a piece and returns its digest; digest, when set, is what the bytes
+// must hash to.
+func (l *Local) writePiece(id string, gen uint64, n uint32, r io.Reader, size int64, digest *[32]byte) ([32]byte, error) {
 	if err := checkPieceArgs(id, gen, size); err != nil {
-		return err
+		return [32]byte{}, err
 	}
-	want := pieceInfo{size, digest}
 	l.mu.Lock()
 	var meta *Meta
 	if t := l.tasks[id]; t != nil {
@@ -199,9 +210,9 @@ func (l *Local) WritePiece(id string, gen uint64, n uint32, r io.Reader, size in
 	p, ok := l.lookup(id, gen, n)
 	l.mu.Unlock()
 	if merr != nil {
-		return merr
+		return [32]byte{}, merr
 	}
-	if ok && p == want {
+	if ok && digest != nil && p == (pieceInfo{size, *digest}) {
 		// Already stored: verify the caller's bytes, write nothing.
 		return copyHashed(nil, r, size, digest, n)
 	}
@@ -211,20 +222,21 @@ func (l *Local) WritePiece(id string, gen uint64, n uint32, r io.Reader, size in
 	t, g, err := l.startWriteLocked(id, gen)
 	if err != nil {
 		lk.Unlock()
-		return err
+		return [32]byte{}, err
 	}
 	dir := l.genDir(id, gen)
 	f, err := os.CreateTemp(dir, tmpPrefix+strconv.FormatUint(uint64(n), 10)+"-*")
 	if err != nil {
 		l.endWriteLocked(id, gen, t, g)
 		lk.Unlock()
-		return fmt.Errorf("storage: creating piece file: %w", err)
+		return [32]byte{}, fmt.Errorf("storage: creating piece file: %w", err)
 	}
 	lk.Unlock()
 
 	// Stream, hash and fsync without a lock.
 	tmp := f.Name()
-	err = copyHashed(f, r, size, digest, n) // CreateTemp made it 0600
+	sum, err := copyHashed(f, r, size, digest, n) // CreateTemp made it 0600
+	want := pieceInfo{size, sum}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -237,7 +249,7 @@ func (l *Local) WritePiece(id string, gen uint64, n uint32, r io.Reader, size in
 	defer l.endWriteLocked(id, gen, t, g)
 	if err != nil {
 		_ = removeQuiet(tmp)
-		return err
+		return [32]byte{}, err
 	}
 	l.mu.Lock()
 	current := l.tasks[id] == t && t.gens[gen] == g
@@ -245,34 +257,35 @@ func (l *Local) WritePiece(id string, gen uint64, n uint32, r io.Reader, size in
 	l.mu.Unlock()
 	if !current {
 		_ = removeQuiet(tmp) // normally gone with its directory already
-		return fmt.Errorf("%w: task %s generation %d piece %d", ErrDeleted, id, gen, n)
+		return [32]byte{}, fmt.Errorf("%w: task %s generation %d piece %d", ErrDeleted, id, gen, n)
 	}
 	if had && old == want {
-		// A concurrent writer stored the same piece first (durably: it held the lock).
-		return removeQuiet(tmp)
+		// The same piece was stored already, or a concurrent writer stored it first
+		// (durably: it held the lock).
+		return sum, removeQuiet(tmp)
 	}
 	if had {
 		// Replace: drop the old piece first, durably, so a crash leaves the old piece, no
 		// piece or the new one, never two versions of one piece.
 		if err := removeQuiet(l.piecePath(id, gen, n, old)); err != nil {
 			_ = removeQuiet(tmp)
-			return fmt.Errorf("storage: replacing piece: %w", err)
+			return [32]byte{}, fmt.Errorf("storage: replacing piece: %w", err)
 		}
 		l.dropPieceLocked(t, g, n, old)
 		if err := syncDir(dir); err != nil {
 			_ = removeQuiet(tmp)
-			return fmt.Errorf("storage: replacing piece: %w", err)
+			return [32]byte{}, fmt.Errorf("storage: replacing piece: %w", err)
 		}
 	}
-	final := filepath.Join(dir, pieceName(n, size, digest))
+	final := filepath.Join(dir, pieceName(n, size, sum))
 	if err := os.Rename(tmp, final); err != nil {
 		_ = removeQuiet(tmp)
-		return fmt.Errorf("storage: storing piece: %w", err)
+		return [32]byte{}, fmt.Errorf("storage: storing piece: %w", err)
 	}
 	if err := syncDir(dir); err != nil {
 		// Its name may not survive a crash: do not claim it.
 		_ = removeQuiet(final)
-		return fmt.Errorf("storage: storing piece: %w", err)
+		return [32]byte{}, fmt.Errorf("storage: storing piece: %w", err)
 	}
 	l.mu.Lock()
 	g.pieces[n] = want
@@ -280,7 +293,7 @@ func (l *Local) WritePiece(id string, gen uint64, n uint32, r io.Reader, size in
 	t.bytes += size
 	l.used.Add(size)
 	l.mu.Unlock()
-	return nil
+	return sum, nil
 }
 
 // startWriteLocked makes sure the generation's directory exists (durably) and registers a
@@ -413,9 +426,23 @@ func (l *Local) OpenPiece(id string, gen uint64, n uint32) (io.ReadCloser, int64
 			l.dropIfBroken(id, gen, n, p)
 			continue
 		}
+		readAheadFile(f)
+		l.readAheadNext(id, gen, n+1)
 		return f, p.size, nil
 	}
 	return nil, 0, fmt.Errorf("%w: task %s generation %d piece %d", ErrNotFound, id, gen, n)
+}
+
+// readAheadNext starts reading piece n into the page cache in the background, if stored:
+// peers and members mostly read pieces in runs, and a piece file is too small for the
+// kernel's own readahead to carry over to the next one.
+func (l *Local) readAheadNext(id string, gen uint64, n uint32) {
+	l.mu.Lock()
+	p, ok := l.lookup(id, gen, n)
+	l.mu.Unlock()
+	if ok {
+		go readAhead(l.piecePath(id, gen, n, p))
+	}
 }
 
 // dropIfBroken removes piece n from the index (and the disk) if its file is still the one
