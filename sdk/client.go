@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
@@ -198,6 +199,7 @@ type Client struct {
 	nextRefresh atomic.Int64             // unix nanoseconds before which no automatic Refresh
 	cooldown    time.Duration            // how long an unreachable endpoint is avoided
 	extraDown   atomic.Pointer[downMark] // an unreachable leader outside the endpoint list
+	failovers   atomic.Uint64            // failed attempts after which another member is tried
 }
 
 // downMark notes that an address outside the endpoint list is avoided until a time.
@@ -262,6 +264,10 @@ func (c *Client) Leader() string {
 	return ""
 }
 
+// Failovers returns how many attempts failed (unreachable member, 502/503/504) so that the
+// client moved on to another member, since the client was created.
+func (c *Client) Failovers() uint64 { return c.failovers.Load() }
+
 // LastIndex returns the highest Raft index of a write answer this client has seen; reads
 // wait for it (min_index).
 func (c *Client) LastIndex() uint64 { return c.lastIndex.Load() }
@@ -302,14 +308,22 @@ func (c *Client) GetPeer(ctx context.Context, id string) (*api.Peer, error) {
 	return &out, nil
 }
 
-// Heartbeat tells the cluster the peer is alive. ErrNotFound means it expired: register again.
-func (c *Client) Heartbeat(ctx context.Context, id string, hb api.Heartbeat) error {
+// Heartbeat tells the cluster the peer is alive and how busy it is. It returns the number
+// of uploads the scheduler wants the peer to serve at once (0 when the member did not say).
+// ErrNotFound means the peer expired: register again.
+func (c *Client) Heartbeat(ctx context.Context, id string, hb api.Heartbeat) (uploadSlots int, err error) {
 	path, err := idPath("/peers/", id, "/heartbeat")
 	if err != nil {
-		return err
+		return 0, err
 	}
-	_, err = c.do(ctx, &call{method: http.MethodPut, path: path, body: hb}, nil)
-	return err
+	var slots string
+	cl := &call{method: http.MethodPut, path: path, body: hb, minIndex: true,
+		header: api.HeaderUploadSlots, headerOut: &slots}
+	if _, err = c.do(ctx, cl, nil); err != nil {
+		return 0, err
+	}
+	n, _ := strconv.Atoi(slots)
+	return max(n, 0), nil
 }
 
 // DeletePeer removes a peer; its pieces leave the piece map.
@@ -389,6 +403,42 @@ func (c *Client) ReportPieceBatch(ctx context.Context, taskID string, batch api.
 	}
 	_, err = c.do(ctx, &call{method: http.MethodPut, path: path, body: batch}, nil)
 	return err
+}
+
+// Schedule asks which pieces of a task the peer should fetch next, and from where. Any
+// member answers; it reads this client's own reports (min_index).
+func (c *Client) Schedule(ctx context.Context, taskID string, q api.ScheduleQuery) (*api.Schedule, error) {
+	path, err := taskPath(taskID, "/pieces")
+	if err != nil {
+		return nil, err
+	}
+	if !api.ValidID(q.PeerID) {
+		return nil, badRequest("peer id %q: %w", q.PeerID, api.ErrBadID)
+	}
+	v := url.Values{}
+	v.Set(api.QueryPeerID, q.PeerID)
+	if q.Limit > 0 {
+		v.Set(api.QueryLimit, strconv.Itoa(q.Limit))
+	}
+	if q.Mode != "" {
+		v.Set(api.QueryMode, q.Mode)
+	}
+	if q.Mode == api.ModeStream {
+		v.Set(api.QueryFrom, strconv.FormatUint(uint64(q.From), 10))
+	}
+	if len(q.Exclude) > 0 {
+		v.Set(api.QueryExclude, strings.Join(q.Exclude, ","))
+	}
+	var out api.Schedule
+	// Every peer of a task asks the same member while it answers (rendezvous hashing of the
+	// task ID), so that one scheduler sees all the work handed out for the task and sends
+	// each piece that only members have to one peer at a time. Any other member answers
+	// when that one fails.
+	cl := &call{method: http.MethodGet, path: path, query: v.Encode(), minIndex: true, affinity: taskID}
+	if _, err := c.do(ctx, cl, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // Members lists the cluster's members (any member answers, with failover).
@@ -562,7 +612,11 @@ func taskPath(id, suffix string) (string, error) {
 type call struct {
 	method    string
 	path      string // escaped path
+	query     string // encoded query, without '?'
 	body      any    // JSON-encoded when non-nil
+	header    string // a response header to copy into headerOut
+	headerOut *string
+	affinity  string // a read that prefers one member for this key (see Schedule)
 	minIndex  bool   // a read that carries ?min_index
 	endpoint  string // ask this member only, once
 	noRefresh bool   // never trigger an automatic Refresh (Refresh itself)
@@ -632,7 +686,13 @@ func (c *Client) do(ctx context.Context, cl *call, out any) (int, error) {
 		case staleRetry != "":
 			ep, staleRetry = staleRetry, ""
 		default:
-			ep = c.pick(write, start, tried)
+			ep = ""
+			if cl.affinity != "" && len(tried) == 0 && round == 0 {
+				ep = c.preferred(cl.affinity)
+			}
+			if ep == "" {
+				ep = c.pick(write, start, tried)
+			}
 			if ep == "" { // every endpoint failed once in this round
 				round++
 				wait := min(c.backoff(round, retryAfter), c.cfg.RetryFor-time.Since(began))
@@ -646,9 +706,14 @@ func (c *Client) do(ctx context.Context, cl *call, out any) (int, error) {
 		}
 
 		uri := "http://" + ep + cl.path
+		sep := "?"
+		if cl.query != "" {
+			uri += sep + cl.query
+			sep = "&"
+		}
 		if cl.minIndex {
 			if n := c.lastIndex.Load(); n > 0 {
-				uri += "?" + api.QueryMinIndex + "=" + strconv.FormatUint(n, 10)
+				uri += sep + api.QueryMinIndex + "=" + strconv.FormatUint(n, 10)
 			}
 		}
 		req.SetRequestURI(uri)
@@ -697,6 +762,9 @@ func (c *Client) do(ctx context.Context, cl *call, out any) (int, error) {
 		if status >= 200 && status < 300 {
 			if write {
 				c.noteIndex(resp.Header.Peek(api.HeaderRaftIndex))
+			}
+			if cl.headerOut != nil {
+				*cl.headerOut = string(resp.Header.Peek(cl.header))
 			}
 			if out != nil && len(resp.Body()) > 0 {
 				if err := json.Unmarshal(resp.Body(), out); err != nil {
@@ -754,6 +822,23 @@ func retryableStatus(status int) bool {
 		status == http.StatusGatewayTimeout
 }
 
+// preferred returns the endpoint that rendezvous hashing assigns to key among the current
+// endpoints (every client with the same member list picks the same one), or "" when it
+// is marked down.
+func (c *Client) preferred(key string) string {
+	set := c.eps.Load()
+	best, bestScore := "", uint64(0)
+	for _, e := range set.list {
+		if score := xxhash.Sum64String(key + "\x00" + e.addr); best == "" || score > bestScore {
+			best, bestScore = e.addr, score
+		}
+	}
+	if best == "" || set.down(best, time.Now().UnixNano()) {
+		return ""
+	}
+	return best
+}
+
 // pick chooses the endpoint of the next attempt: for writes the leader if known, then the
 // endpoints from start on, those not tried in this round first, recently failed ones last.
 // It returns "" when every endpoint was tried in this round.
@@ -792,6 +877,7 @@ func (c *Client) pick(write bool, start uint64, tried []string) string {
 // itself named ep the leader), writes move on to the next endpoint, and an unreachable
 // endpoint is avoided for a while.
 func (c *Client) failed(ep, hdrLeader string, unreachable bool) {
+	c.failovers.Add(1)
 	if p := c.leader.Load(); p != nil && *p == ep && hdrLeader != ep {
 		c.leader.CompareAndSwap(p, nil)
 	}

@@ -296,7 +296,7 @@ func TestWriteFollowsLeaderNamedBy503(t *testing.T) {
 		basicHandler(w, r, body)
 	})
 	c := newClient(t, Config{Endpoints: []string{follower.addr}, MaxAttempts: 3})
-	if err := c.Heartbeat(testCtx(t), "peer-1", api.Heartbeat{UploadsRunning: 2}); err != nil {
+	if _, err := c.Heartbeat(testCtx(t), "peer-1", api.Heartbeat{UploadsRunning: 2}); err != nil {
 		t.Fatal(err)
 	}
 	hb := leader.requests(http.MethodPut, "/peers/peer-1/heartbeat")
@@ -1091,5 +1091,61 @@ func TestWaitForCarriesAnotherClientsIndex(t *testing.T) {
 	reads := m.requests(http.MethodGet, "/tasks/")
 	if len(reads) != 1 || reads[0].Query != "min_index=77" {
 		t.Fatalf("read carried %+v, want min_index=77", reads)
+	}
+}
+
+// Every client of a task asks the same member for its schedule, whatever the order of its
+// endpoints, and another member when that one is down.
+func TestScheduleCallsOfATaskGoToOneMember(t *testing.T) {
+	schedule := func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		writeJSON(w, http.StatusOK, api.Schedule{Status: api.TaskSuccess, Pieces: []api.ScheduledPiece{}})
+	}
+	ms := []*fakeMember{newMember(t, schedule), newMember(t, schedule), newMember(t, schedule)}
+	tasks := []string{strings.Repeat("a", 64), strings.Repeat("b", 64), strings.Repeat("c", 64), strings.Repeat("d", 64)}
+	orders := [][]int{{0, 1, 2}, {2, 1, 0}, {1, 0, 2}}
+	for _, order := range orders {
+		var eps []string
+		for _, i := range order {
+			eps = append(eps, ms[i].addr)
+		}
+		c := newClient(t, Config{Endpoints: eps, Pinned: true})
+		for _, id := range tasks {
+			for k := 0; k < 3; k++ {
+				if _, err := c.Schedule(testCtx(t), id, api.ScheduleQuery{PeerID: "p"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	askedBy := map[string]map[int]bool{}
+	for i, m := range ms {
+		for _, r := range m.requests(http.MethodGet, "/tasks/") {
+			id := strings.Split(strings.TrimPrefix(r.Path, "/tasks/"), "/")[0]
+			if askedBy[id] == nil {
+				askedBy[id] = map[int]bool{}
+			}
+			askedBy[id][i] = true
+		}
+	}
+	spread := map[int]bool{}
+	for _, id := range tasks {
+		if len(askedBy[id]) != 1 {
+			t.Fatalf("task %s… was scheduled by members %v, want one", id[:4], askedBy[id])
+		}
+		for i := range askedBy[id] {
+			spread[i] = true
+		}
+	}
+	if len(spread) < 2 {
+		t.Fatalf("4 tasks all went to member %v: no spread over members", spread)
+	}
+
+	// The preferred member down: another answers.
+	dead := deadAddr(t)
+	c := newClient(t, Config{Endpoints: []string{dead, ms[0].addr}, Pinned: true})
+	for _, id := range tasks {
+		if _, err := c.Schedule(testCtx(t), id, api.ScheduleQuery{PeerID: "p"}); err != nil {
+			t.Fatalf("task %s… with one member down: %v", id[:4], err)
+		}
 	}
 }

@@ -17,32 +17,40 @@ import (
 	tc "github.com/dfly-ha/dfha/test/cluster"
 )
 
-// buildSupernode compiles cmd/supernode once per test binary run.
+// Binaries are compiled once per test binary run, into one temporary directory.
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	buildMu  sync.Mutex
+	binDir   string
+	binBuilt = map[string]error{}
 )
 
-func supernodeBinary(t *testing.T) string {
+// binary compiles ./cmd/NAME (once) and returns the path of the executable.
+func binary(t *testing.T, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "supernode-bin")
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "dfha-bin")
 		if err != nil {
-			buildErr = err
-			return
+			t.Fatal(err)
 		}
-		binPath = filepath.Join(dir, "supernode")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/supernode").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+		binDir = dir
 	}
-	return binPath
+	path := filepath.Join(binDir, name)
+	err, done := binBuilt[name]
+	if !done {
+		if out, berr := exec.Command("go", "build", "-o", path, "../cmd/"+name).CombinedOutput(); berr != nil {
+			err = fmt.Errorf("go build %s: %v\n%s", name, berr, out)
+		}
+		binBuilt[name] = err
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
+
+func supernodeBinary(t *testing.T) string { return binary(t, "supernode") }
 
 // freeAddr returns a loopback address with a port free right now.
 func freeAddr(t *testing.T) string {

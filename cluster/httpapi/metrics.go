@@ -11,8 +11,10 @@ import (
 
 // apiMetrics: requests and latency by route, and the sizes of the replicated state.
 type apiMetrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	scheduled prometheus.Counter
+	served    *prometheus.CounterVec
 }
 
 func newAPIMetrics(reg *prometheus.Registry, f *fsm.FSM, loads *scheduler.LoadTable) *apiMetrics {
@@ -25,10 +27,16 @@ func newAPIMetrics(reg *prometheus.Registry, f *fsm.FSM, loads *scheduler.LoadTa
 			Buckets: prometheus.ExponentialBuckets(0.0001, 3, 12),
 		}, []string{"method", "route"}),
 	}
+	m.scheduled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dfha_scheduled_pieces_total", Help: "Pieces handed to peers by the scheduler of this member.",
+	})
+	m.served = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dfha_piece_bytes_served_total", Help: "Piece bytes this member answered GET /tasks/{id}/pieces/{n}/data with, by who asked: a peer, or a member relaying for one.",
+	}, []string{"to"})
 	count := func(pick func(members, peers, tasks, preheats int) int) func() float64 {
 		return func() float64 { return float64(pick(f.Counts())) }
 	}
-	reg.MustRegister(m.requests, m.latency,
+	reg.MustRegister(m.requests, m.latency, m.scheduled, m.served,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dfha_peers", Help: "Peers in the replicated state."},
 			count(func(_, p, _, _ int) int { return p })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dfha_tasks", Help: "Tasks in the replicated state."},

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -104,11 +105,13 @@ func (s *Server) heartbeat(ctx *fasthttp.RequestCtx) {
 	if !s.readable(ctx) { // a peer that registered elsewhere passes min_index
 		return
 	}
-	if _, found := s.fsm.Peer(id); !found {
+	p, found := s.fsm.Peer(id)
+	if !found {
 		s.fail(ctx, fasthttp.StatusNotFound, "peer "+id+" not found (register first)")
 		return
 	}
 	s.cfg.Loads.Heartbeat(id, hb.UploadsRunning)
+	ctx.Response.Header.Set(api.HeaderUploadSlots, strconv.Itoa(s.uploadSlots(id, p.Tasks)))
 	ctx.SetStatusCode(fasthttp.StatusNoContent)
 }
 

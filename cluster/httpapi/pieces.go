@@ -72,6 +72,11 @@ func (s *Server) pieceData(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.Set(cdn.HeaderGeneration, strconv.FormatUint(p.Generation, 10))
 	ctx.Response.Header.Set(cdn.HeaderPieceDigest, "sha256:"+hex.EncodeToString(p.Digest[:]))
 	ctx.SetBodyStream(p.Body, int(p.Size)) // fasthttp closes p.Body once sent
+	to := "peer"
+	if localOnly {
+		to = "member"
+	}
+	s.metrics.served.WithLabelValues(to).Add(float64(p.Size))
 }
 
 // mayRead answers 403 (and false) when the task is private and the request does not name,

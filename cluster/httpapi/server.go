@@ -45,7 +45,13 @@ var _ Store = (*cluster.Node)(nil)
 // Config configures the API server.
 type Config struct {
 	Store Store
+	// Loads is the member's live load of peers (heartbeats, work handed out).
 	Loads *scheduler.LoadTable
+	// Scheduler picks a peer's next pieces (default scheduler.Policy{}).
+	Scheduler scheduler.Scheduler
+	// PeerTTL: a peer whose newest heartbeat is older is not scheduled as a source
+	// (default 15s).
+	PeerTTL time.Duration
 	// Pieces serves piece data; nil leaves GET /tasks/{id}/pieces/{n}/data unregistered.
 	Pieces PieceSource
 	// Token, when set, is required as "Authorization: Bearer TOKEN" on membership changes,
@@ -59,6 +65,9 @@ type Config struct {
 	// ResponseTimeout bounds the writing of one whole answer (default 60s; a member with an
 	// upload limit needs more for large pieces).
 	ResponseTimeout time.Duration
+	// Replicas is the number of members that cache each task (--cache-replicas, default 1):
+	// a task's answers list that many owners.
+	Replicas int
 	// MaxBodyBytes bounds request bodies (default 8 MiB; forwarded batches are the largest).
 	MaxBodyBytes int
 	Logger       *zap.Logger
@@ -79,6 +88,9 @@ func (c *Config) applyDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 8 << 20
 	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -87,6 +99,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Loads == nil {
 		c.Loads = scheduler.NewLoadTable(nil)
+	}
+	if c.Scheduler == nil {
+		c.Scheduler = scheduler.Policy{}
+	}
+	if c.PeerTTL == 0 {
+		c.PeerTTL = 15 * time.Second
 	}
 }
 
@@ -156,6 +174,7 @@ func (s *Server) routes(r *router.Router) {
 	s.handle(r, "DELETE", "/tasks/{id}", s.authed(s.deleteTask))
 	s.handle(r, "PUT", "/tasks/{id}/pieces/{range}", s.reportRange)
 	s.handle(r, "PUT", "/tasks/{id}/pieces", s.reportBatch)
+	s.handle(r, "GET", "/tasks/{id}/pieces", s.schedule)
 	if s.cfg.Pieces != nil {
 		s.handle(r, "GET", "/tasks/{id}/pieces/{n}/data", s.pieceData)
 	}
@@ -166,6 +185,7 @@ func (s *Server) routes(r *router.Router) {
 	s.handle(r, "GET", "/healthz", s.healthz)
 	s.handle(r, "GET", "/readyz", s.readyz)
 	s.handle(r, "POST", cluster.ForwardPath, s.authed(s.forwarded))
+	s.handle(r, "POST", LoadsPath, s.authed(s.loads))
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	s.handle(r, "GET", "/metrics", metrics)
 }

@@ -107,7 +107,7 @@ func (s *Server) replyTask(ctx *fasthttp.RequestCtx, status int, id string, inde
 		s.fail(ctx, fasthttp.StatusNotFound, "task "+id+" not found")
 		return
 	}
-	owners := s.fsm.RingOwners(id, 1) // the members the ring of live members assigns it to
+	owners := s.fsm.RingOwners(id, s.cfg.Replicas) // the members the ring of live members assigns it to
 	if owners == nil {
 		owners = []string{}
 	}

@@ -68,6 +68,11 @@ type Config struct {
 	// UploadLimit caps all piece serving of this member together, in bytes per second
 	// (--upload-limit; 0: no limit).
 	UploadLimit float64
+	// CacheReplicas is the number of members that cache each task (--cache-replicas; 0: 1).
+	CacheReplicas int
+	// PeerTTL: a peer that sent no heartbeat for this long is no longer scheduled as a
+	// source, and the leader removes it (--peer-ttl; 0: 15s).
+	PeerTTL time.Duration
 	// Sources overrides the origin sources (tests add origins that need a custom TLS
 	// client); nil: http, https and file with the defaults.
 	Sources *source.Sources
@@ -94,6 +99,9 @@ func (c *Config) applyDefaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if c.PeerTTL == 0 {
+		c.PeerTTL = 15 * time.Second
+	}
 }
 
 // Member is a running supernode member.
@@ -111,6 +119,9 @@ type Member struct {
 	cdn       *cdn.CDN
 	cdnCancel context.CancelFunc
 	cdnDone   chan struct{}
+
+	peersCancel context.CancelFunc
+	peersDone   chan struct{}
 }
 
 // Start brings a member up. On a data dir that already holds an identity, the member comes
@@ -206,13 +217,18 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		largest := float64(max(cfg.PieceSize, cdn.MaxPieceSize))
 		responseTimeout = max(responseTimeout, time.Duration(2*largest/cfg.UploadLimit*float64(time.Second)))
 	}
-	m.api, err = httpapi.New(httpapi.Config{Store: m.node, Loads: scheduler.NewLoadTable(nil),
-		Pieces: m.cdn, Token: cfg.Token, Logger: log, Registry: m.Registry, ResponseTimeout: responseTimeout})
+	loads := scheduler.NewLoadTable(nil)
+	m.api, err = httpapi.New(httpapi.Config{Store: m.node, Loads: loads, PeerTTL: cfg.PeerTTL,
+		Pieces: m.cdn, Token: cfg.Token, Logger: log, Registry: m.Registry, ResponseTimeout: responseTimeout,
+		Replicas: cfg.CacheReplicas})
 	if err != nil {
 		m.Kill()
 		return nil, err
 	}
 	go func() { m.served <- m.api.Serve(m.httpLn) }()
+	peersCtx, peersCancel := context.WithCancel(context.Background())
+	m.peersCancel, m.peersDone = peersCancel, make(chan struct{})
+	go func() { defer close(m.peersDone); m.peerDuties(peersCtx, loads, cfg.PeerTTL) }()
 	log.Info("member started", zap.String("http", ident.AdvertiseHTTP), zap.String("raft", ident.AdvertiseRaft),
 		zap.String("data_dir", cfg.DataDir), zap.Bool("restarted", m.node.HadState()))
 	if mustJoin {
@@ -241,7 +257,7 @@ func (m *Member) startCDN() error {
 	m.cdn, err = cdn.New(cdn.Config{MemberID: m.ident.ID, FSM: m.node.FSM(), Proposer: m.node,
 		Store: m.store, Sources: sources, PieceSize: m.cfg.PieceSize,
 		UploadLimiter: cdn.NewLimiter(m.cfg.UploadLimit), CacheMaxBytes: m.cfg.CacheMaxBytes,
-		TaskExpiry: m.cfg.TaskExpiry, BusyWindow: m.cfg.CacheBusyWindow, Logger: m.log})
+		TaskExpiry: m.cfg.TaskExpiry, BusyWindow: m.cfg.CacheBusyWindow, Replicas: m.cfg.CacheReplicas, Logger: m.log})
 	if err != nil {
 		return err
 	}
@@ -260,6 +276,14 @@ func (m *Member) stopCDN() {
 	}
 	if m.store != nil {
 		_ = m.store.Close()
+	}
+}
+
+// stopPeerDuties stops the heartbeat exchange and peer expiry.
+func (m *Member) stopPeerDuties() {
+	if m.peersCancel != nil {
+		m.peersCancel()
+		<-m.peersDone
 	}
 }
 
@@ -374,6 +398,7 @@ func (m *Member) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 	defer cancel()
 	herr := m.api.Shutdown(ctx)
+	m.stopPeerDuties()
 	m.stopCDN()
 	nerr := m.node.Shutdown(false)
 	m.log.Info("member stopped")
@@ -389,6 +414,7 @@ func (m *Member) Kill() {
 		_ = m.api.Shutdown(ctx)
 	}
 	m.httpLn.Close()
+	m.stopPeerDuties()
 	m.stopCDN()
 	if m.node != nil {
 		_ = m.node.Shutdown(false)

@@ -55,7 +55,9 @@ func run(args []string) error {
 	fs.StringVar(&pieceSize, "piece-size", "auto", "piece size of new tasks (SIZE: 4MiB, 262144...); auto: 4 MiB, doubled for files over 8 GiB to stay within 2,048 pieces")
 	fs.StringVar(&originLim, "origin-limit", "none", "cap on all origin reads of this member together (RATE: 100MiB/s, 50MB/s...)")
 	fs.StringVar(&cacheMax, "cache-max-bytes", "none", "bound of this member's cache (SIZE: 512MiB, 20GB...); above 95% the least recently used tasks are deleted down to 85%")
+	fs.IntVar(&cfg.CacheReplicas, "cache-replicas", 1, "members that cache each task: the first on the ring fetches it from the origin, the others copy its pieces from members")
 	fs.DurationVar(&cfg.TaskExpiry, "task-expiry", 0, "delete tasks nobody has used for this long (0: never)")
+	fs.DurationVar(&cfg.PeerTTL, "peer-ttl", 15*time.Second, "a peer without a heartbeat for this long is no longer a source, and is removed")
 	fs.StringVar(&uploadLim, "upload-limit", "none", "cap on all piece serving of this member together (RATE: 100MiB/s, 50MB/s...)")
 	fs.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", 500*time.Millisecond, "time without leader contact before a follower starts an election")
 	fs.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", 500*time.Millisecond, "time a candidate waits for votes")
@@ -103,6 +105,9 @@ func run(args []string) error {
 			return fmt.Errorf("--cache-max-bytes %q: want none or a positive size such as 20GB", cacheMax)
 		}
 		cfg.CacheMaxBytes = n
+	}
+	if cfg.CacheReplicas < 1 {
+		return fmt.Errorf("--cache-replicas %d: want at least 1", cfg.CacheReplicas)
 	}
 	if uploadLim != "none" {
 		r, err := units.ParseRate(uploadLim)

@@ -141,3 +141,74 @@ type ClusterState struct {
 	AppliedIndex uint64 `json:"applied_index"`
 	StateHash    string `json:"state_hash"`
 }
+
+// Scheduling: GET /tasks/{id}/pieces?peer_id=P&limit=N answers which pieces a peer should
+// fetch next and from where.
+const (
+	// QueryPeerID names the asking peer.
+	QueryPeerID = "peer_id"
+	// QueryLimit bounds the pieces of the answer (default 16, at most MaxScheduleLimit).
+	QueryLimit = "limit"
+	// QueryMode is "rarest" (default: rarest pieces first) or "stream" (a window in order,
+	// from QueryFrom on, for a peer that writes the file to a pipe).
+	QueryMode = "mode"
+	// QueryFrom is the first piece of a stream-mode window.
+	QueryFrom = "from"
+	// QueryExclude lists sources (peer or member IDs, comma-separated) the peer will not use.
+	QueryExclude = "exclude"
+
+	ModeRarest = "rarest"
+	ModeStream = "stream"
+
+	// MaxScheduleLimit is the largest limit a scheduling request may ask for.
+	MaxScheduleLimit = 256
+	// MaxExclude is the largest number of sources one scheduling request may exclude.
+	MaxExclude = 64
+
+	// HeaderUploadSlots answers a heartbeat: how many uploads the peer should serve at once.
+	HeaderUploadSlots = "X-Dfha-Upload-Slots"
+)
+
+// Source kinds of a scheduled piece.
+const (
+	SourcePeer   = "peer"
+	SourceMember = "member"
+)
+
+// ScheduleQuery is what a peer asks for work with.
+type ScheduleQuery struct {
+	PeerID  string
+	Limit   int
+	Mode    string   // ModeRarest (default) or ModeStream
+	From    uint32   // stream mode: the first piece the peer still needs
+	Exclude []string // sources the peer has blacklisted itself
+}
+
+// Schedule answers GET /tasks/{id}/pieces. Done is true when the peer holds every piece.
+// Until the owner has probed the origin, sizes are -1 and Pieces is empty.
+type Schedule struct {
+	Status        string           `json:"status"`
+	Generation    uint64           `json:"generation"`
+	PieceSize     int64            `json:"piece_size"`
+	ContentLength int64            `json:"content_length"`
+	PieceCount    int64            `json:"piece_count"`
+	Done          bool             `json:"done"`
+	Pieces        []ScheduledPiece `json:"pieces"`
+}
+
+// ScheduledPiece is a piece to fetch: its size, its digest ("sha256:HEX") and its sources,
+// least loaded first, peers before members.
+type ScheduledPiece struct {
+	N       uint32        `json:"n"`
+	Size    int64         `json:"size"`
+	Digest  string        `json:"digest"`
+	Sources []PieceSource `json:"sources"`
+}
+
+// PieceSource is where a piece can be fetched. A peer serves it at
+// http://ADDR/pieces/{task_id}/{n}; a member at http://ADDR/tasks/{task_id}/pieces/{n}/data.
+type PieceSource struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+}
