@@ -123,7 +123,7 @@ func taskInfo(t *task) TaskInfo {
 		Filter: append([]string(nil), t.filter...), CreatedAt: t.createdAt, AccessedAt: t.accessedAt,
 		Generation: t.generation, Status: t.status, PieceSize: t.pieceSize,
 		ContentLength: t.contentLength, PieceCount: t.pieceCount,
-		PiecesCached: int64(unionCount(t.cached)), Peers: int64(len(t.holders)), Owner: t.owner}
+		PiecesCached: int64(unionCount(t.cached, nil)), Peers: int64(len(t.holders)), Owner: t.owner}
 }
 
 // PieceDigest returns the SHA-256 of piece n of the task's current generation, if cached.
@@ -196,10 +196,12 @@ func (f *FSM) Counts() (members, peers, tasks, preheats int) {
 	return len(f.s.members), len(f.s.peers), len(f.s.tasks), len(f.s.preheats)
 }
 
-func unionCount(m map[string]*bitset) int {
+// unionCount counts the pieces in at least one of the bitsets whose key include accepts
+// (nil: all).
+func unionCount(m map[string]*bitset, include func(key string) bool) int {
 	var words []uint64
-	for _, b := range m {
-		if b == nil {
+	for k, b := range m {
+		if b == nil || (include != nil && !include(k)) {
 			continue
 		}
 		if len(b.words) > len(words) {
@@ -239,21 +241,31 @@ type OwnedTask struct {
 	RingEpoch  uint64 // the ring epoch these answers are for
 }
 
-// OwnedTasks lists the tasks memberID owns on the ring of live members that are pending or
-// running, sorted by ID.
+// OwnedTasks lists the tasks memberID owns on the ring of live members that need a fetch,
+// sorted by ID: pending or running ones, and complete ones some of whose pieces no live
+// member has cached any more (their only copies were on members that died).
 func (f *FSM) OwnedTasks(memberID string) []OwnedTask {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []OwnedTask
 	for _, id := range sortedKeys(f.s.tasks) {
 		t := f.s.tasks[id]
-		if (t.status != TaskPending && t.status != TaskRunning) || f.s.ring.Owner(id) != memberID {
+		if f.s.ring.Owner(id) != memberID || !(t.status == TaskPending || t.status == TaskRunning || f.s.lostPieces(t)) {
 			continue
 		}
 		out = append(out, OwnedTask{TaskInfo: taskInfo(t), Claimed: t.owner == memberID,
 			ClaimEpoch: t.ownerEpoch, RingEpoch: f.s.ringEpoch})
 	}
 	return out
+}
+
+// lostPieces reports whether a complete task has pieces that no live member has cached.
+func (s *state) lostPieces(t *task) bool {
+	if t.status != TaskSuccess || t.pieceCount <= 0 {
+		return false
+	}
+	live := func(m string) bool { return s.members[m] != nil && s.members[m].alive }
+	return int64(unionCount(t.cached, live)) < t.pieceCount
 }
 
 // PieceCachedBy returns the members that have cached piece n of the task's current

@@ -32,13 +32,19 @@ type entry struct {
 	since    time.Time // start of the assignment window
 }
 
+// memberFetch is a peer sent to the members for a piece that no peer held.
+type memberFetch struct {
+	peer string
+	at   time.Time
+}
+
 // LoadTable holds the live load of every peer, in memory: latest heartbeat, the uploads
 // this member recently sent its way, and the pieces it recently sent peers to the members
 // for. Safe for concurrent use.
 type LoadTable struct {
 	mu       sync.Mutex
 	peers    map[string]*entry
-	fetches  map[string]map[uint32]time.Time // task -> piece -> when a peer was sent to a member for it
+	fetches  map[string]map[uint32]memberFetch // task -> piece -> the latest peer sent to a member for it
 	now      func() time.Time
 	started  time.Time
 	window   time.Duration // how long an assignment counts as load
@@ -50,7 +56,7 @@ func NewLoadTable(now func() time.Time) *LoadTable {
 	if now == nil {
 		now = time.Now
 	}
-	return &LoadTable{peers: map[string]*entry{}, fetches: map[string]map[uint32]time.Time{},
+	return &LoadTable{peers: map[string]*entry{}, fetches: map[string]map[uint32]memberFetch{},
 		now: now, started: now(), window: 2 * time.Second, inflight: 3 * time.Second}
 }
 
@@ -148,20 +154,20 @@ func (t *LoadTable) Stale(peers map[string]time.Time, ttl time.Duration) []strin
 	return out
 }
 
-// Assigned records that this member sent a peer an upload (it was the first source of a
-// piece it scheduled), and, for a piece no peer held, that a peer is fetching it from a
-// member.
-func (t *LoadTable) Assigned(taskID, sourcePeer string, piece uint32, fromMember bool) {
+// Assigned records that this member scheduled piece for peer asker: that its first source
+// (sourcePeer) has one more upload to serve, or, for a piece no peer held, that asker is
+// fetching it from a member.
+func (t *LoadTable) Assigned(taskID, asker, sourcePeer string, piece uint32, fromMember bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
 	if fromMember {
 		m := t.fetches[taskID]
 		if m == nil {
-			m = map[uint32]time.Time{}
+			m = map[uint32]memberFetch{}
 			t.fetches[taskID] = m
 		}
-		m[piece] = now
+		m[piece] = memberFetch{peer: asker, at: now}
 		return
 	}
 	e := t.peers[sourcePeer]
@@ -181,8 +187,8 @@ func (t *LoadTable) Prune(keep time.Duration) {
 	defer t.mu.Unlock()
 	now := t.now()
 	for task, m := range t.fetches {
-		for n, at := range m {
-			if now.Sub(at) > t.inflight {
+		for n, f := range m {
+			if now.Sub(f.at) > t.inflight {
 				delete(m, n)
 			}
 		}
@@ -197,17 +203,18 @@ func (t *LoadTable) Prune(keep time.Duration) {
 	}
 }
 
-// Live returns the live load of one task's swarm as the policy reads it, for peers with
-// the given heartbeat ttl. It reads the table under its lock: call it for one Schedule.
-func (t *LoadTable) Live(taskID string, ttl time.Duration) *TaskLoad {
-	return &TaskLoad{t: t, task: taskID, ttl: ttl}
+// Live returns the live load of one task's swarm as the policy reads it when asker asks,
+// for peers with the given heartbeat ttl.
+func (t *LoadTable) Live(taskID, asker string, ttl time.Duration) *TaskLoad {
+	return &TaskLoad{t: t, task: taskID, asker: asker, ttl: ttl}
 }
 
-// TaskLoad implements Live for one task.
+// TaskLoad implements Live for one task and one asking peer.
 type TaskLoad struct {
-	t    *LoadTable
-	task string
-	ttl  time.Duration
+	t     *LoadTable
+	task  string
+	asker string
+	ttl   time.Duration
 }
 
 // PeerLoad implements Live.
@@ -229,12 +236,13 @@ func (l *TaskLoad) PeerLoad(peerID string, registeredAt int64) (int, bool) {
 	return load, now.Sub(e.LastSeen) <= l.ttl
 }
 
-// MemberFetches implements Live.
+// MemberFetches implements Live. The asker's own fetch does not count: a peer that asks
+// again for a piece it was given has lost it (its source failed, or it restarted).
 func (l *TaskLoad) MemberFetches(n uint32) int {
 	t := l.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if at, ok := t.fetches[l.task][n]; ok && t.now().Sub(at) <= t.inflight {
+	if f, ok := t.fetches[l.task][n]; ok && f.peer != l.asker && t.now().Sub(f.at) <= t.inflight {
 		return 1
 	}
 	return 0

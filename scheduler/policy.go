@@ -30,8 +30,8 @@ type Live interface {
 	// this member sent its way since) and whether it is present (its heartbeat is fresh,
 	// or it registered too recently to have sent one).
 	PeerLoad(peerID string, registeredAt int64) (load int, present bool)
-	// MemberFetches returns how many peers this member recently sent to the members for
-	// piece n of the task, because no peer held it.
+	// MemberFetches returns how many other peers this member recently sent to the members
+	// for piece n of the task, because no peer held it.
 	MemberFetches(n uint32) int
 }
 

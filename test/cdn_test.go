@@ -814,3 +814,38 @@ func TestOriginDroppingTheConnectionMidBodyIsResumed(t *testing.T) {
 		t.Fatalf("origin sent %.3f copies, want at most 1.05", copies)
 	}
 }
+
+// A complete task whose only cache was on a member that died is fetched again by the next
+// owner on the ring, so that peers can still get every piece.
+func TestCompleteTaskCachedOnlyByADeadMemberIsFetchedAgain(t *testing.T) {
+	const pieceSize = 64 << 10
+	c := tc.New(t, 3, tc.Options{Configure: func(_ int, cfg *member.Config) { cfg.PieceSize = pieceSize }})
+	ctx := ctxT(t, 60*time.Second)
+	o := newOrigin(t)
+	data := randomBytes(11, 1<<20+333)
+	cl := c.Client()
+	task := registerURL(t, ctx, cl, o.add("/f.bin", data))
+	waitTask(t, c, task.TaskID, 20*time.Second, func(x api.Task) bool { return x.Status == api.TaskSuccess })
+	info, _ := c.Member(c.Running()[0]).Node().FSM().Task(task.TaskID)
+	owner := memberIndex(c, info.Owner)
+	if owner < 0 {
+		t.Fatalf("no running member is the owner %q", info.Owner)
+	}
+	c.Kill(owner)
+	survivor := (owner + 1) % 3
+	f := c.Member(survivor).Node().FSM()
+	if !tc.Eventually(30*time.Second, func() bool {
+		for n := 0; n*pieceSize < len(data); n++ {
+			if len(f.PieceCachedBy(task.TaskID, uint32(n))) < 2 { // the dead owner and a live one
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatal("the pieces of the dead owner were not cached again by a live member")
+	}
+	checkFile(t, c.HTTPAddr(survivor), task.TaskID, data, pieceSize)
+	if sent := o.bytesSent("/f.bin"); sent != 2*int64(len(data)) {
+		t.Fatalf("origin sent %.2f copies, want exactly 2 (the dead owner's and the new one's)", float64(sent)/float64(len(data)))
+	}
+}

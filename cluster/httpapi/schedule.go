@@ -41,7 +41,7 @@ func (s *Server) schedule(ctx *fasthttp.RequestCtx) {
 	joined := false
 	found := s.fsm.ReadTask(id, func(v fsm.TaskView) {
 		if _, joined = v.HeldBy(req.PeerID); joined {
-			plan = s.cfg.Scheduler.Schedule(v, s.cfg.Loads.Live(id, s.cfg.PeerTTL), req)
+			plan = s.cfg.Scheduler.Schedule(v, s.cfg.Loads.Live(id, req.PeerID, s.cfg.PeerTTL), req)
 		}
 	})
 	switch {
@@ -53,7 +53,7 @@ func (s *Server) schedule(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	for i, p := range plan.Schedule.Pieces {
-		s.cfg.Loads.Assigned(id, plan.First[i], p.N, plan.MemberOnly[i])
+		s.cfg.Loads.Assigned(id, req.PeerID, plan.First[i], p.N, plan.MemberOnly[i])
 	}
 	s.metrics.scheduled.Add(float64(len(plan.Schedule.Pieces)))
 	s.reply(ctx, fasthttp.StatusOK, plan.Schedule)
@@ -111,7 +111,7 @@ func (s *Server) uploadSlots(peerID string, tasks []string) int {
 			seeding = seeding && count >= 0 && int64(held) >= count
 		})
 	}
-	load, _ := s.cfg.Loads.Live("", s.cfg.PeerTTL).PeerLoad(peerID, 0)
+	load, _ := s.cfg.Loads.Live("", peerID, s.cfg.PeerTTL).PeerLoad(peerID, 0)
 	return s.cfg.Scheduler.UploadSlots(load, seeding)
 }
 

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"strconv"
 	"time"
@@ -150,7 +151,7 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:        90 * time.Second,
 		MaxRequestBodySize: cfg.MaxBodyBytes,
 		CloseOnShutdown:    true,
-		Logger:             zap.NewStdLog(s.log.WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+		Logger:             stdLogAtWarn(s.log),
 	}
 	return s, nil
 }
@@ -188,6 +189,15 @@ func (s *Server) routes(r *router.Router) {
 	s.handle(r, "POST", LoadsPath, s.authed(s.loads))
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	s.handle(r, "GET", "/metrics", metrics)
+}
+
+// stdLogAtWarn adapts log for fasthttp's own messages, which are logged as warnings.
+func stdLogAtWarn(log *zap.Logger) *stdlog.Logger {
+	l, err := zap.NewStdLogAt(log, zap.WarnLevel)
+	if err != nil { // only for a level zap does not know
+		return zap.NewStdLog(log)
+	}
+	return l
 }
 
 // handle registers a route, wrapped with the leader header and per-route metrics.

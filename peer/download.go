@@ -1,0 +1,531 @@
+package peer
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dfly-ha/dfha/sdk"
+	"github.com/dfly-ha/dfha/sdk/api"
+)
+
+// Bounds of the download loop.
+const (
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = time.Second
+	// maxScheduleErrors is how many scheduling calls in a row may fail (each after the
+	// sdk's own retries over every member, ~20s) before the download gives up.
+	maxScheduleErrors = 3
+	// generationRestarts is how often a download starts over for a new generation.
+	generationRestarts = 1
+)
+
+// errNewGeneration: the task moved to another generation; the download starts over.
+var errNewGeneration = errors.New("new task generation")
+
+// download is one Download call. The coordinator (run and its loop) owns every field
+// below "coordinator state"; workers read the per-generation fields, which do not change
+// while they run.
+type download struct {
+	p      *Peer
+	log    *zap.Logger
+	req    Request
+	want   string // the expected digest, normalized ("" for none)
+	taskID string
+	stream bool
+
+	file    *os.File // the temp file (file mode)
+	tmpPath string
+
+	black    *blacklist
+	received atomic.Int64
+
+	// Per generation, set before the workers start.
+	gen       uint64
+	pieceSize int64
+	length    int64
+	count     int
+
+	// Coordinator state.
+	have        []bool
+	held        int
+	fromPeers   int64
+	fromMembers int64
+	doneBytes   int64
+	out         *streamOut // stream mode
+	streamed    bool       // bytes went to the stream: no starting over
+	advertised  bool       // pieces were reported held (file mode)
+	asks        int        // scheduling calls, for the logs
+	emptyAsks   int        // of which brought no new piece
+	reports     int64      // report calls
+}
+
+// Download fetches req's file through the cluster and its peers. On success the output
+// file is complete and verified and the peer serves its pieces until Close; on failure no
+// output file is left behind. A new generation of the task mid-way starts the download over
+// once.
+func (p *Peer) Download(ctx context.Context, req Request) (Result, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return Result{}, ErrClosed
+	}
+	p.downloads.Add(1)
+	p.mu.Unlock()
+	defer p.downloads.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(p.ctx, cancel)() // Close stops the download
+	start := time.Now()
+	failovers := p.client.Failovers()
+	d, err := p.newDownload(req)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := d.run(ctx)
+	res.DurationS = time.Since(start).Seconds()
+	res.SupernodeFailovers = p.client.Failovers() - failovers
+	return res, err
+}
+
+func (p *Peer) newDownload(req Request) (*download, error) {
+	if _, err := api.CanonicalURL(req.URL, req.Filter); err != nil {
+		return nil, fmt.Errorf("url %q: %w", req.URL, err)
+	}
+	want, err := api.NormalizeDigest(req.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("digest %q: %w", req.Digest, err)
+	}
+	d := &download{p: p, req: req, want: want, stream: req.Stream != nil, black: newBlacklist(nil)}
+	if !d.stream {
+		if req.Output == "" {
+			return nil, errors.New("no output file")
+		}
+		if fi, err := os.Stat(req.Output); err == nil && fi.IsDir() {
+			return nil, fmt.Errorf("output %s is a directory", req.Output)
+		}
+	}
+	return d, nil
+}
+
+// clusterDigest is the part of the expected digest the cluster gets: a sha256 one only.
+func (d *download) clusterDigest() string {
+	if strings.HasPrefix(d.want, "sha256:") {
+		return d.want
+	}
+	return ""
+}
+
+func (d *download) run(ctx context.Context) (Result, error) {
+	p := d.p
+	treq := api.RegisterTaskRequest{URL: d.req.URL, Headers: d.req.Headers, Filter: d.req.Filter,
+		Digest: d.clusterDigest(), PeerID: p.id}
+	task, _, err := p.client.RegisterTask(ctx, treq)
+	if err != nil {
+		return Result{}, fmt.Errorf("registering the task: %w", err)
+	}
+	d.taskID = task.TaskID
+	d.log = p.log.With(zap.String("task", d.taskID))
+	res := Result{TaskID: d.taskID}
+	held, err := p.join(d.taskID, &joinedTask{req: treq, advertise: !d.stream})
+	if err != nil {
+		return res, err
+	}
+	if held {
+		// Downloaded before: the cluster lists this peer as holding every piece, and would
+		// schedule none. Take that back first.
+		p.store.Remove(d.taskID)
+		if err := p.reset(ctx); err != nil {
+			p.leave(d.taskID)
+			return res, fmt.Errorf("withdrawing the earlier download: %w", err)
+		}
+	}
+	if !d.stream {
+		dir, base := filepath.Split(d.req.Output)
+		if dir == "" {
+			dir = "."
+		}
+		if d.file, err = os.CreateTemp(dir, "."+base+".dfget-*"); err != nil {
+			p.leave(d.taskID)
+			return res, fmt.Errorf("creating the output: %w", err)
+		}
+		d.tmpPath = d.file.Name()
+		if err := d.file.Chmod(0o644); err != nil { // CreateTemp makes it 0600
+			d.log.Warn("setting the output's mode", zap.Error(err))
+		}
+	}
+	digest, err := d.runGenerations(ctx)
+	if err == nil {
+		err = d.complete(digest)
+	}
+	if err != nil {
+		d.abort(ctx, err)
+		return res, err
+	}
+	d.log.Info("download complete", zap.Int64("bytes", d.length), zap.Int64("received", d.received.Load()),
+		zap.Int("pieces", d.count), zap.Int("schedule_calls", d.asks), zap.Int("empty_answers", d.emptyAsks),
+		zap.Int64("report_calls", d.reports))
+	res.Bytes, res.BytesReceived, res.Digest = d.length, d.received.Load(), digest.sha256
+	res.PiecesFromPeers, res.PiecesFromSupernodes = d.fromPeers, d.fromMembers
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := p.client.UpdateTask(uctx, d.taskID, api.UpdateTaskRequest{PeerID: p.id, Status: api.StatusSuccess}); err != nil {
+		d.log.Warn("reporting the download done failed", zap.Error(err))
+	}
+	if d.stream {
+		p.leave(d.taskID)
+	} else {
+		p.finished(d.taskID)
+	}
+	return res, nil
+}
+
+// runGenerations downloads every piece, starting over once if the task's generation
+// changes, and returns the whole file's sha256 digest and the digest in the expected
+// algorithm ("" when none was asked for).
+func (d *download) runGenerations(ctx context.Context) (digests, error) {
+	for restarts := 0; ; restarts++ {
+		err := d.runGeneration(ctx)
+		if err == nil {
+			return d.digests()
+		}
+		if !errors.Is(err, errNewGeneration) {
+			return digests{}, err
+		}
+		if restarts >= generationRestarts || d.streamed {
+			return digests{}, fmt.Errorf("task %s: %w", d.taskID, ErrGenerationChanged)
+		}
+		d.log.Warn("the origin's file changed: starting over", zap.Uint64("generation", d.gen))
+	}
+}
+
+// abort cleans up after a failure: the temp file goes, the cluster hears of it.
+func (d *download) abort(ctx context.Context, cause error) {
+	p := d.p
+	p.leave(d.taskID)
+	if !d.stream {
+		p.store.Remove(d.taskID)
+		_ = d.file.Close()
+		if err := os.Remove(d.tmpPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing the temp file", zap.String("path", d.tmpPath), zap.Error(err))
+		}
+	}
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
+	defer cancel()
+	err := p.client.UpdateTask(uctx, d.taskID, api.UpdateTaskRequest{PeerID: p.id, Status: api.StatusFailed,
+		Reason: truncate(cause.Error(), 500)})
+	if err != nil {
+		d.log.Debug("reporting the failure failed", zap.Error(err))
+	}
+	if d.advertised {
+		// Pieces of the removed file are in the piece map: other peers would be sent here
+		// for them, and this peer would be told it has them.
+		if err := p.reset(uctx); err != nil {
+			d.log.Warn("withdrawing the pieces of the failed download", zap.Error(err))
+		}
+	}
+}
+
+// waitReady asks for work until the owner has probed the origin (the task leaves pending),
+// backing off from 50ms to 1s, and returns that first answer.
+func (d *download) waitReady(ctx context.Context, q api.ScheduleQuery) (*api.Schedule, error) {
+	backoff, errs := minBackoff, 0
+	for {
+		s, err := d.p.client.Schedule(ctx, d.taskID, q)
+		switch {
+		case err != nil:
+			if errs++; ctx.Err() != nil || errs >= maxScheduleErrors || !d.recoverable(ctx, err) {
+				return nil, fmt.Errorf("asking for pieces: %w", err)
+			}
+		case s.Status == api.TaskFailed:
+			return nil, d.taskFailed()
+		case s.Status != api.TaskPending && s.PieceCount >= 0:
+			return s, nil
+		default:
+			errs = 0
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// taskFailed is the error of a task the cluster gave up on. The API carries no reason; with
+// an expected digest, the likeliest one is that the origin's file does not match it.
+func (d *download) taskFailed() error {
+	if want := d.clusterDigest(); want != "" {
+		return fmt.Errorf("task %s: %w, or the file does not match the expected digest %s", d.taskID, ErrTaskFailed, want)
+	}
+	return fmt.Errorf("task %s: %w", d.taskID, ErrTaskFailed)
+}
+
+// recoverable reports whether a failed scheduling call may work later: not for requests
+// the cluster refuses (bad, unauthorized). A peer or task the cluster does not know (the
+// peer expired, the task was deleted) is registered again first.
+func (d *download) recoverable(ctx context.Context, err error) bool {
+	switch {
+	case errors.Is(err, sdk.ErrBadRequest), errors.Is(err, sdk.ErrUnauthorized):
+		return false
+	case errors.Is(err, sdk.ErrNotFound):
+		d.log.Warn("the cluster does not know this peer or task: registering again", zap.Error(err))
+		if err := d.p.rejoin(ctx); err != nil {
+			d.log.Warn("registering again failed", zap.Error(err))
+		}
+	}
+	return true
+}
+
+// setGeneration takes the task's sizes from a schedule and resets the download's state.
+func (d *download) setGeneration(s *api.Schedule) error {
+	count := s.PieceCount
+	switch {
+	case s.ContentLength < 0 || count < 0 || count > api.MaxPieceIndex+1:
+		return fmt.Errorf("%w: %d pieces, %d bytes", ErrBadSchedule, count, s.ContentLength)
+	case count > 0 && (s.PieceSize <= 0 || (s.ContentLength+s.PieceSize-1)/s.PieceSize != count):
+		return fmt.Errorf("%w: %d pieces of %d bytes for %d bytes", ErrBadSchedule, count, s.PieceSize, s.ContentLength)
+	}
+	d.gen, d.pieceSize, d.length, d.count = s.Generation, s.PieceSize, s.ContentLength, int(count)
+	d.have, d.held = make([]bool, d.count), 0
+	d.fromPeers, d.fromMembers, d.doneBytes = 0, 0, 0
+	d.p.setJoined(d.taskID, d.gen)
+	if !d.stream {
+		if err := d.file.Truncate(0); err != nil {
+			return fmt.Errorf("resetting the output: %w", err)
+		}
+		if err := d.file.Truncate(d.length); err != nil {
+			return fmt.Errorf("sizing the output: %w", err)
+		}
+		d.p.store.Add(d.taskID, d.file, d.pieceSize, d.length)
+	}
+	d.progress()
+	return nil
+}
+
+func (d *download) progress() {
+	if d.req.Progress != nil {
+		d.req.Progress(d.doneBytes, d.length)
+	}
+}
+
+// pieceLen is the size of piece n.
+func (d *download) pieceLen(n uint32) int64 {
+	return min(d.pieceSize, d.length-int64(n)*d.pieceSize)
+}
+
+// job is a piece handed to a worker.
+type job struct {
+	n       uint32
+	size    int64
+	digest  [sha256.Size]byte
+	sources []api.PieceSource
+}
+
+// outcome is what a worker made of a job.
+type outcome struct {
+	n        uint32
+	ok       bool
+	src      api.PieceSource // the source that delivered it
+	data     []byte          // the piece, in stream mode
+	failures []failure       // sources to report
+	newGen   bool            // a member refused the generation
+	err      error           // a local failure: the download stops
+}
+
+// fetchPiece tries the job's sources in order until one delivers a verified piece.
+func (d *download) fetchPiece(ctx context.Context, j job, buf *[]byte) outcome {
+	o := outcome{n: j.n}
+	for _, src := range j.sources {
+		if src.ID == d.p.id || src.Addr == "" || d.black.has(src.ID) {
+			continue
+		}
+		var w io.Writer
+		var mem *memWriter
+		if d.stream {
+			mem = &memWriter{p: (*buf)[:0]}
+			w = mem
+		} else {
+			w = io.NewOffsetWriter(d.file, int64(j.n)*d.pieceSize)
+		}
+		url := pieceURL(src, d.taskID, j.n, d.gen, d.p.id)
+		err := d.p.fetcher.fetch(ctx, url, j.size, j.digest, w, &d.received)
+		if err == nil {
+			o.ok, o.src = true, src
+			if mem != nil {
+				o.data = mem.p
+				*buf = nil // handed over: the next piece gets a new buffer
+			}
+			return o
+		}
+		if mem != nil {
+			*buf = mem.p
+		}
+		if ctx.Err() != nil {
+			return o
+		}
+		var fe *fetchError
+		if !errors.As(err, &fe) {
+			o.err = fmt.Errorf("writing piece %d: %w", j.n, err)
+			return o
+		}
+		d.log.Debug("source failed", zap.Uint32("piece", j.n), zap.String("source", src.ID),
+			zap.String("kind", src.Kind), zap.Error(err))
+		switch fe.kind {
+		case failCorrupt, failDead:
+			d.black.add(src.ID, fe.kind == failCorrupt)
+			o.failures = append(o.failures, failure{src.ID, err.Error()})
+		case failGeneration:
+			o.newGen = true
+			return o
+		}
+	}
+	return o
+}
+
+// memWriter collects a piece in memory (stream mode).
+type memWriter struct{ p []byte }
+
+func (m *memWriter) Write(b []byte) (int, error) {
+	m.p = append(m.p, b...)
+	return len(b), nil
+}
+
+// digests of a complete file: sha256 always, and the one the request asked for.
+type digests struct {
+	sha256 string // "sha256:HEX"
+	wanted string // in the algorithm of the request's digest; "" when none was asked for
+}
+
+// digests computes the whole file's digests (stream mode: as it was written).
+func (d *download) digests() (digests, error) {
+	if d.stream {
+		return d.out.digests(d.want), nil
+	}
+	h := newFileHash(d.want)
+	if _, err := io.Copy(h, io.NewSectionReader(d.file, 0, d.length)); err != nil {
+		return digests{}, fmt.Errorf("reading the output back: %w", err)
+	}
+	return h.digests(d.want), nil
+}
+
+// complete checks the expected digest and, in file mode, moves the temp file in place.
+func (d *download) complete(dg digests) error {
+	if d.want != "" && dg.wanted != d.want {
+		return fmt.Errorf("%w: the file's is %s, %s was expected", ErrDigestMismatch, dg.wanted, d.want)
+	}
+	if d.stream {
+		return nil
+	}
+	if err := d.file.Sync(); err != nil {
+		return fmt.Errorf("writing the output: %w", err)
+	}
+	if err := os.Rename(d.tmpPath, d.req.Output); err != nil {
+		return fmt.Errorf("moving the output in place: %w", err)
+	}
+	return nil
+}
+
+// fileHash computes sha256, and md5 when the expected digest is an md5 one.
+type fileHash struct {
+	sha hash.Hash
+	md  hash.Hash // nil unless wanted
+	io.Writer
+}
+
+func newFileHash(want string) *fileHash {
+	h := &fileHash{sha: sha256.New()}
+	h.Writer = h.sha
+	if strings.HasPrefix(want, "md5:") {
+		h.md = md5.New()
+		h.Writer = io.MultiWriter(h.sha, h.md)
+	}
+	return h
+}
+
+func (h *fileHash) digests(want string) digests {
+	dg := digests{sha256: "sha256:" + hex.EncodeToString(h.sha.Sum(nil))}
+	switch {
+	case h.md != nil:
+		dg.wanted = "md5:" + hex.EncodeToString(h.md.Sum(nil))
+	case want != "":
+		dg.wanted = dg.sha256
+	}
+	return dg
+}
+
+// streamOut writes a stream-mode download to its writer, in order, on its own goroutine (a
+// slow reader of stdout must not stall the coordinator), hashing what it writes.
+type streamOut struct {
+	w       io.Writer
+	in      chan []byte   // pieces in order; capacity: the window
+	written atomic.Int64  // pieces written (or dropped after a write error)
+	kick    chan struct{} // signalled when written grows (capacity 1)
+	errc    chan error    // the first write error
+	done    chan struct{} // closed when every piece handed over is written
+	hash    *fileHash
+}
+
+func newStreamOut(w io.Writer, window int, want string) *streamOut {
+	o := &streamOut{w: w, in: make(chan []byte, window), kick: make(chan struct{}, 1),
+		errc: make(chan error, 1), done: make(chan struct{}), hash: newFileHash(want)}
+	go o.loop()
+	return o
+}
+
+func (o *streamOut) loop() {
+	defer close(o.done)
+	failed := false
+	for p := range o.in {
+		if !failed {
+			if _, err := o.w.Write(p); err != nil {
+				failed = true
+				o.errc <- fmt.Errorf("writing the output: %w", err)
+			} else {
+				_, _ = o.hash.Write(p)
+			}
+		}
+		o.written.Add(1)
+		select {
+		case o.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (o *streamOut) digests(want string) digests { return o.hash.digests(want) }
+
+// workers runs n workers on jobs until jobs is closed; wait returns once all have ended.
+func startWorkers(ctx context.Context, n int, jobs <-chan job, results chan<- outcome, fetch func(context.Context, job, *[]byte) outcome) (wait func()) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for j := range jobs {
+				if buf == nil && j.size > 0 {
+					buf = make([]byte, 0, j.size)
+				}
+				results <- fetch(ctx, j, &buf)
+			}
+		}()
+	}
+	return wg.Wait
+}
