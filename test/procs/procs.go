@@ -83,6 +83,8 @@ func (c *Cluster) run(i int, args ...string) error {
 	}
 	cmd := exec.Command(c.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// A member dies with the program that started it, even one killed with SIGKILL.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", c.IDs[i], err)
