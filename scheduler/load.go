@@ -203,18 +203,17 @@ func (t *LoadTable) Prune(keep time.Duration) {
 	}
 }
 
-// Live returns the live load of one task's swarm as the policy reads it when asker asks,
-// for peers with the given heartbeat ttl.
-func (t *LoadTable) Live(taskID, asker string, ttl time.Duration) *TaskLoad {
-	return &TaskLoad{t: t, task: taskID, asker: asker, ttl: ttl}
+// Live returns the live load of one task's swarm as the policy reads it, for peers with
+// the given heartbeat ttl.
+func (t *LoadTable) Live(taskID string, ttl time.Duration) *TaskLoad {
+	return &TaskLoad{t: t, task: taskID, ttl: ttl}
 }
 
-// TaskLoad implements Live for one task and one asking peer.
+// TaskLoad implements Live for one task.
 type TaskLoad struct {
-	t     *LoadTable
-	task  string
-	asker string
-	ttl   time.Duration
+	t    *LoadTable
+	task string
+	ttl  time.Duration
 }
 
 // PeerLoad implements Live.
@@ -236,14 +235,13 @@ func (l *TaskLoad) PeerLoad(peerID string, registeredAt int64) (int, bool) {
 	return load, now.Sub(e.LastSeen) <= l.ttl
 }
 
-// MemberFetches implements Live. The asker's own fetch does not count: a peer that asks
-// again for a piece it was given has lost it (its source failed, or it restarted).
-func (l *TaskLoad) MemberFetches(n uint32) int {
+// MemberFetchBy implements Live.
+func (l *TaskLoad) MemberFetchBy(n uint32) string {
 	t := l.t
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if f, ok := t.fetches[l.task][n]; ok && f.peer != l.asker && t.now().Sub(f.at) <= t.inflight {
-		return 1
+	if f, ok := t.fetches[l.task][n]; ok && t.now().Sub(f.at) <= t.inflight {
+		return f.peer
 	}
-	return 0
+	return ""
 }

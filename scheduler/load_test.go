@@ -83,7 +83,7 @@ func TestStalePeersAfterTTLOnly(t *testing.T) {
 	if len(s) != 1 || s[0] != "silent" {
 		t.Fatalf("stale %v, want [silent]", s)
 	}
-	live := tab.Live("t", "asker", ttl)
+	live := tab.Live("t", ttl)
 	if _, present := live.PeerLoad("silent", start.UnixNano()); present {
 		t.Fatal("a silent peer is still a source")
 	}
@@ -99,19 +99,16 @@ func TestAssignmentsCountAsLoadForAWhile(t *testing.T) {
 	tab.Assigned("t", "asker", "p1", 3, false)
 	tab.Assigned("t", "asker", "p1", 4, false)
 	tab.Assigned("t", "asker", "", 5, true)
-	live := tab.Live("t", "other", time.Minute)
+	live := tab.Live("t", time.Minute)
 	if l, _ := live.PeerLoad("p1", 0); l != 3 {
 		t.Fatalf("load %d, want 1 running + 2 assigned", l)
 	}
-	if live.MemberFetches(5) != 1 || live.MemberFetches(4) != 0 || tab.Live("other", "other", time.Minute).MemberFetches(5) != 0 {
+	if live.MemberFetchBy(5) != "asker" || live.MemberFetchBy(4) != "" || tab.Live("other", time.Minute).MemberFetchBy(5) != "" {
 		t.Fatal("member fetches are not tracked per task and piece")
 	}
-	if tab.Live("t", "asker", time.Minute).MemberFetches(5) != 0 {
-		t.Fatal("a peer asking again is held off by its own fetch")
-	}
 	now = now.Add(4 * time.Second)
-	if l, _ := live.PeerLoad("p1", 0); l != 1 || live.MemberFetches(5) != 0 {
-		t.Fatalf("load %d and fetches %d after the windows, want 1 and 0", l, live.MemberFetches(5))
+	if l, _ := live.PeerLoad("p1", 0); l != 1 || live.MemberFetchBy(5) != "" {
+		t.Fatalf("load %d and fetch by %q after the windows, want 1 and none", l, live.MemberFetchBy(5))
 	}
 	tab.Prune(time.Second)
 	if tab.Len() != 0 {

@@ -30,9 +30,9 @@ type Live interface {
 	// this member sent its way since) and whether it is present (its heartbeat is fresh,
 	// or it registered too recently to have sent one).
 	PeerLoad(peerID string, registeredAt int64) (load int, present bool)
-	// MemberFetches returns how many other peers this member recently sent to the members
-	// for piece n of the task, because no peer held it.
-	MemberFetches(n uint32) int
+	// MemberFetchBy returns the peer this member recently sent to the members for piece n
+	// of the task, because no peer held it ("" when none).
+	MemberFetchBy(n uint32) string
 }
 
 // Request is a peer asking for work on one task.
@@ -109,7 +109,7 @@ func (p Policy) withDefaults() Policy {
 type candidate struct {
 	n       uint32
 	holders []int // indexes into the sample of the peers that hold it
-	rarity  int   // holders in the sample plus fetches from members in flight
+	rarity  int   // holders in the sample
 	tie     uint64
 }
 
@@ -180,12 +180,17 @@ func (p Policy) Schedule(v View, live Live, req Request) Plan {
 				c.holders = append(c.holders, j)
 			}
 		}
-		if len(c.holders) == 0 && !stream && live.MemberFetches(n) > 0 {
-			// Another peer is already fetching it from a member: fetch something else and
-			// get this one from that peer once it has it.
-			continue
+		if by := live.MemberFetchBy(n); by != "" && !stream && len(c.holders) == 0 {
+			if by == req.PeerID {
+				continue // the asker is fetching it already
+			}
+			if _, joined := v.HeldBy(by); joined { // a peer that left fetches nothing
+				// Another peer is fetching it from a member: fetch something else, and
+				// get this one from that peer once it has it.
+				continue
+			}
 		}
-		c.rarity = len(c.holders) + live.MemberFetches(n)
+		c.rarity = len(c.holders)
 		c.tie = tieBreak(req.PeerID, n)
 		cands = append(cands, c)
 		if stream && len(cands) >= limit {
@@ -204,6 +209,18 @@ func (p Policy) Schedule(v View, live Live, req Request) Plan {
 				return 1
 			}
 			return 0
+		})
+	}
+	// Pieces only members have go to many peers a few at a time, so that they enter the
+	// swarm in parallel and spread from there, rather than all through the first asker.
+	memberOnly, maxMemberOnly := 0, max(2, limit/4)
+	if !stream {
+		cands = slices.DeleteFunc(cands, func(c candidate) bool {
+			if len(c.holders) > 0 {
+				return false
+			}
+			memberOnly++
+			return memberOnly > maxMemberOnly
 		})
 	}
 	if len(cands) > limit {

@@ -98,11 +98,11 @@ type fakeLive struct {
 }
 
 func (l fakeLive) PeerLoad(id string, _ int64) (int, bool) { return l.load[id], !l.gone[id] }
-func (l fakeLive) MemberFetches(n uint32) int {
+func (l fakeLive) MemberFetchBy(n uint32) string {
 	if l.fetching[n] {
-		return 1
+		return "fetcher"
 	}
-	return 0
+	return ""
 }
 
 var members = []fsm.MemberInfo{{ID: "m0", HTTPAddr: "127.0.0.1:8002", Alive: true}, {ID: "m1", HTTPAddr: "127.0.0.1:8012", Alive: true}}
@@ -192,10 +192,15 @@ func TestExcludedSourcesAreLeftOut(t *testing.T) {
 }
 
 func TestPieceFetchedFromAMemberIsNotHandedOutTwice(t *testing.T) {
-	task := &fakeTask{count: 3, known: 3, cachedBy: members, holders: map[string]pieces{"asker": {}}}
+	task := &fakeTask{count: 3, known: 3, cachedBy: members, holders: map[string]pieces{"asker": {}, "fetcher": {}}}
 	plan := Policy{}.Schedule(task, fakeLive{fetching: map[uint32]bool{0: true, 2: true}}, Request{PeerID: "asker", Limit: 3})
 	if len(plan.Schedule.Pieces) != 1 || plan.Schedule.Pieces[0].N != 1 {
 		t.Fatalf("planned %+v, want piece 1 only (0 and 2 are being fetched from members)", plan.Schedule.Pieces)
+	}
+	// Once the fetching peer has left the task, nobody waits for it.
+	delete(task.holders, "fetcher")
+	if plan = (Policy{}).Schedule(task, fakeLive{fetching: map[uint32]bool{0: true, 2: true}}, Request{PeerID: "asker", Limit: 12}); len(plan.Schedule.Pieces) != 3 {
+		t.Fatalf("planned %+v, want all 3 pieces (the fetching peer left)", plan.Schedule.Pieces)
 	}
 	// A streaming peer needs its pieces in order: it gets them anyway.
 	plan = Policy{}.Schedule(task, fakeLive{fetching: map[uint32]bool{0: true}}, Request{PeerID: "asker", Limit: 3, Mode: api.ModeStream})
@@ -203,6 +208,36 @@ func TestPieceFetchedFromAMemberIsNotHandedOutTwice(t *testing.T) {
 		t.Fatalf("stream plan %+v, want 0, 1, 2", plan.Schedule.Pieces)
 	}
 }
+
+// The first peers to ask each get a few of the pieces only members have, not all of them,
+// and a peer is not given again what it is fetching from a member.
+func TestPiecesOnlyMembersHaveAreSpreadOverAskers(t *testing.T) {
+	task := &fakeTask{count: 16, known: 16, cachedBy: members, holders: map[string]pieces{"a": {}, "b": {}}}
+	live := &recordingLive{fetches: map[uint32]string{}}
+	got := map[string][]uint32{}
+	for _, peer := range []string{"a", "b", "a"} {
+		plan := Policy{}.Schedule(task, live, Request{PeerID: peer, Limit: 16})
+		for i, p := range plan.Schedule.Pieces {
+			if !plan.MemberOnly[i] {
+				t.Fatalf("piece %d is not member-only", p.N)
+			}
+			if by := live.fetches[p.N]; by != "" {
+				t.Fatalf("piece %d given to %s while %s fetches it", p.N, peer, by)
+			}
+			live.fetches[p.N] = peer
+			got[peer] = append(got[peer], p.N)
+		}
+	}
+	if len(got["a"]) != 8 || len(got["b"]) != 4 {
+		t.Fatalf("pieces given %v, want 4 per answer (a asked twice, b once)", got)
+	}
+}
+
+// recordingLive is a Live whose member fetches the test records.
+type recordingLive struct{ fetches map[uint32]string }
+
+func (l *recordingLive) PeerLoad(string, int64) (int, bool) { return 0, true }
+func (l *recordingLive) MemberFetchBy(n uint32) string      { return l.fetches[n] }
 
 func TestStreamModeIsAWindowInOrder(t *testing.T) {
 	task := &fakeTask{count: 10, known: 8, cachedBy: members, holders: map[string]pieces{
@@ -250,8 +285,14 @@ func TestWorkPerCallIsBounded(t *testing.T) {
 	if task.digestRead > 2*1000+256 {
 		t.Fatalf("%d digest reads for one call, want about ScanPieces", task.digestRead)
 	}
-	if len(plan.Schedule.Pieces) != 256 {
-		t.Fatalf("%d pieces planned, want 256", len(plan.Schedule.Pieces))
+	memberOnly := 0
+	for _, only := range plan.MemberOnly {
+		if only {
+			memberOnly++
+		}
+	}
+	if memberOnly != 256/4 || len(plan.Schedule.Pieces) > 256 {
+		t.Fatalf("%d pieces planned, %d of them from members only; want at most 256, 64 from members only", len(plan.Schedule.Pieces), memberOnly)
 	}
 }
 

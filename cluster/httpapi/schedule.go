@@ -41,7 +41,7 @@ func (s *Server) schedule(ctx *fasthttp.RequestCtx) {
 	joined := false
 	found := s.fsm.ReadTask(id, func(v fsm.TaskView) {
 		if _, joined = v.HeldBy(req.PeerID); joined {
-			plan = s.cfg.Scheduler.Schedule(v, s.cfg.Loads.Live(id, req.PeerID, s.cfg.PeerTTL), req)
+			plan = s.cfg.Scheduler.Schedule(v, s.cfg.Loads.Live(id, s.cfg.PeerTTL), req)
 		}
 	})
 	switch {
@@ -111,7 +111,7 @@ func (s *Server) uploadSlots(peerID string, tasks []string) int {
 			seeding = seeding && count >= 0 && int64(held) >= count
 		})
 	}
-	load, _ := s.cfg.Loads.Live("", peerID, s.cfg.PeerTTL).PeerLoad(peerID, 0)
+	load, _ := s.cfg.Loads.Live("", s.cfg.PeerTTL).PeerLoad(peerID, 0)
 	return s.cfg.Scheduler.UploadSlots(load, seeding)
 }
 
