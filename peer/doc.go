@@ -13,8 +13,9 @@
 //     to the workers, and re-asks when its queue runs low; it never asks piece by piece.
 //   - Workers fetch a piece from its sources in order, verify its SHA-256 and write it at
 //     its offset in a temp file next to the output (or keep it in memory in stream mode).
-//     A source that is unreachable, stalls or sends bad bytes is reported failed (so that
-//     the cluster blacklists it) and blacklisted locally; a busy one (503) is skipped.
+//     A source that sends bad bytes is reported failed (so that the cluster blacklists it
+//     for the task) and blacklisted locally; one that is unreachable or stalls is only
+//     blacklisted locally, for a while; a busy one (503) is skipped.
 //   - A reporter sends successes and failures as one PUT /tasks/{id}/pieces per batch.
 //   - At the end the whole file's digest is checked, the temp file renamed, and the task
 //     reported done. A new generation of the task (the origin file changed) starts the

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,10 +33,25 @@ const (
 	maxScheduleErrors = 3
 	// generationRestarts is how often a download starts over for a new generation.
 	generationRestarts = 1
+	// maxPieceRounds is how many rounds in a row may end without any source of a piece
+	// delivering it (every source busy, without it, refusing, dead or corrupt) before the
+	// download fails. With the backoff below, that is about 20 s of trying.
+	maxPieceRounds = 10
 )
 
-// errNewGeneration: the task moved to another generation; the download starts over.
-var errNewGeneration = errors.New("new task generation")
+// Backoff of a piece that no source delivered: it is not fetched again before
+// pieceBackoffMin, doubling each round up to pieceBackoffMax. Variables for the tests.
+var (
+	pieceBackoffMin = 100 * time.Millisecond
+	pieceBackoffMax = 4 * time.Second
+)
+
+var (
+	// errNewGeneration: the task moved to another generation; the download starts over.
+	errNewGeneration = errors.New("new task generation")
+	// errWithdraw: the peer could not take back pieces the cluster wrongly lists for it.
+	errWithdraw = errors.New("withdrawing pieces")
+)
 
 // download is one Download call. The coordinator (run and its loop) owns every field
 // below "coordinator state"; workers read the per-generation fields, which do not change
@@ -52,9 +69,11 @@ type download struct {
 
 	black    *blacklist
 	received atomic.Int64
+	ended    atomic.Int64 // when the download's context ended (unix ns), 0 before
 
 	// Per generation, set before the workers start.
 	gen       uint64
+	minGen    uint64 // the newest generation an answer announced: older ones are ignored
 	pieceSize int64
 	length    int64
 	count     int
@@ -95,6 +114,7 @@ func (p *Peer) Download(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	defer context.AfterFunc(ctx, func() { d.ended.CompareAndSwap(0, time.Now().UnixNano()) })()
 	res, err := d.run(ctx)
 	res.DurationS = time.Since(start).Seconds()
 	res.SupernodeFailovers = p.client.Failovers() - failovers
@@ -119,6 +139,18 @@ func (p *Peer) newDownload(req Request) (*download, error) {
 		}
 	}
 	return d, nil
+}
+
+// cleanupCtx bounds one step of winding the download down (the last reports, the stream
+// writer, telling the cluster of a failure): every step ends at most ShutdownTimeout after
+// the download's context ended (SIGINT, Close, a timeout), so that all of them together
+// take no longer than that; before it ended, each step gets ShutdownTimeout.
+func (d *download) cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	from := time.Now()
+	if e := d.ended.Load(); e != 0 {
+		from = time.Unix(0, e)
+	}
+	return context.WithDeadline(context.WithoutCancel(ctx), from.Add(d.p.cfg.ShutdownTimeout))
 }
 
 // clusterDigest is the part of the expected digest the cluster gets: a sha256 one only.
@@ -158,22 +190,18 @@ func (d *download) run(ctx context.Context) (Result, error) {
 		if dir == "" {
 			dir = "."
 		}
-		if d.file, err = os.CreateTemp(dir, "."+base+".dfget-*"); err != nil {
+		if d.file, err = createTemp(dir, "."+base+".dfget-"); err != nil {
 			p.leave(d.taskID)
 			return res, fmt.Errorf("creating the output: %w", err)
 		}
 		d.tmpPath = d.file.Name()
-		if err := d.file.Chmod(0o644); err != nil { // CreateTemp makes it 0600
-			d.log.Warn("setting the output's mode", zap.Error(err))
-		}
 	}
 	digest, err := d.runGenerations(ctx)
 	if err == nil {
 		err = d.complete(digest)
 	}
 	if err != nil {
-		d.abort(ctx, err)
-		return res, err
+		return res, d.abort(ctx, err)
 	}
 	d.log.Info("download complete", zap.Int64("bytes", d.length), zap.Int64("received", d.received.Load()),
 		zap.Int("pieces", d.count), zap.Int("schedule_calls", d.asks), zap.Int("empty_answers", d.emptyAsks),
@@ -205,15 +233,37 @@ func (d *download) runGenerations(ctx context.Context) (digests, error) {
 		if !errors.Is(err, errNewGeneration) {
 			return digests{}, err
 		}
+		// The pieces held are of the old generation: nothing of them may be served, nor
+		// reported by a registration made meanwhile (the heartbeat's, after a 404).
+		d.p.setJoined(d.taskID, 0)
+		if !d.stream {
+			d.p.store.Add(d.taskID, d.file, 0, 0)
+		}
 		if restarts >= generationRestarts || d.streamed {
 			return digests{}, fmt.Errorf("task %s: %w", d.taskID, ErrGenerationChanged)
 		}
-		d.log.Warn("the origin's file changed: starting over", zap.Uint64("generation", d.gen))
+		d.log.Warn("the origin's file changed: starting over", zap.Uint64("generation", d.minGen))
 	}
 }
 
-// abort cleans up after a failure: the temp file goes, the cluster hears of it.
-func (d *download) abort(ctx context.Context, cause error) {
+// createTemp creates a new file named prefix followed by a random number in dir, with
+// the mode a plain file create gets (0666 less the umask): os.CreateTemp would make it 0600.
+func createTemp(dir, prefix string) (*os.File, error) {
+	for range 1000 {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		return f, err
+	}
+	return nil, &os.PathError{Op: "createtemp", Path: filepath.Join(dir, prefix+"*"), Err: os.ErrExist}
+}
+
+// abort cleans up after a failure: the temp file goes, the cluster hears of it. It returns
+// the download's error: cause, and the failure to withdraw the pieces of the removed file
+// when there is one (the cluster would keep sending other peers here for them).
+func (d *download) abort(ctx context.Context, cause error) error {
 	p := d.p
 	p.leave(d.taskID)
 	if !d.stream {
@@ -223,7 +273,7 @@ func (d *download) abort(ctx context.Context, cause error) {
 			d.log.Warn("removing the temp file", zap.String("path", d.tmpPath), zap.Error(err))
 		}
 	}
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
+	uctx, cancel := d.cleanupCtx(ctx)
 	defer cancel()
 	err := p.client.UpdateTask(uctx, d.taskID, api.UpdateTaskRequest{PeerID: p.id, Status: api.StatusFailed,
 		Reason: truncate(cause.Error(), 500)})
@@ -232,11 +282,14 @@ func (d *download) abort(ctx context.Context, cause error) {
 	}
 	if d.advertised {
 		// Pieces of the removed file are in the piece map: other peers would be sent here
-		// for them, and this peer would be told it has them.
-		if err := p.reset(uctx); err != nil {
+		// for them, and this peer would be told it has them. After Close there is nothing
+		// to do: its DELETE /peers takes them all out.
+		if err := p.reset(uctx); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(cause, errWithdraw) {
 			d.log.Warn("withdrawing the pieces of the failed download", zap.Error(err))
+			return fmt.Errorf("%w (and withdrawing its pieces from the cluster failed: %v)", cause, err)
 		}
 	}
+	return cause
 }
 
 // waitReady asks for work until the owner has probed the origin (the task leaves pending),
@@ -250,6 +303,8 @@ func (d *download) waitReady(ctx context.Context, q api.ScheduleQuery) (*api.Sch
 			if errs++; ctx.Err() != nil || errs >= maxScheduleErrors || !d.recoverable(ctx, err) {
 				return nil, fmt.Errorf("asking for pieces: %w", err)
 			}
+		case s.Generation < d.minGen:
+			errs = 0 // a member that is behind: ask again
 		case s.Status == api.TaskFailed:
 			return nil, d.taskFailed()
 		case s.Status != api.TaskPending && s.PieceCount >= 0:
@@ -303,18 +358,22 @@ func (d *download) setGeneration(s *api.Schedule) error {
 		return fmt.Errorf("%w: %d pieces of %d bytes for %d bytes", ErrBadSchedule, count, s.PieceSize, s.ContentLength)
 	}
 	d.gen, d.pieceSize, d.length, d.count = s.Generation, s.PieceSize, s.ContentLength, int(count)
+	d.minGen = max(d.minGen, d.gen)
 	d.have, d.held = make([]bool, d.count), 0
 	d.fromPeers, d.fromMembers, d.doneBytes = 0, 0, 0
-	d.p.setJoined(d.taskID, d.gen)
 	if !d.stream {
+		// The store holds nothing of this generation before the peer is joined at it: a
+		// registration made meanwhile (the heartbeat's, after a 404) reports what the store
+		// holds at the joined generation.
+		d.p.store.Add(d.taskID, d.file, d.pieceSize, d.length)
 		if err := d.file.Truncate(0); err != nil {
 			return fmt.Errorf("resetting the output: %w", err)
 		}
 		if err := d.file.Truncate(d.length); err != nil {
 			return fmt.Errorf("sizing the output: %w", err)
 		}
-		d.p.store.Add(d.taskID, d.file, d.pieceSize, d.length)
 	}
+	d.p.setJoined(d.taskID, d.gen)
 	d.progress()
 	return nil
 }
@@ -340,13 +399,15 @@ type job struct {
 
 // outcome is what a worker made of a job.
 type outcome struct {
-	n        uint32
-	ok       bool
-	src      api.PieceSource // the source that delivered it
-	data     []byte          // the piece, in stream mode
-	failures []failure       // sources to report
-	newGen   bool            // a member refused the generation
-	err      error           // a local failure: the download stops
+	n         uint32
+	ok        bool
+	src       api.PieceSource // the source that delivered it
+	data      []byte          // the piece, in stream mode
+	failures  []failure       // sources to report: those that sent corrupt bytes
+	newGen    bool            // a member refused the generation
+	last      error           // why the last source tried failed
+	cancelled bool            // the download's context ended meanwhile
+	err       error           // a local failure: the download stops
 }
 
 // fetchPiece tries the job's sources in order until one delivers a verified piece.
@@ -378,6 +439,7 @@ func (d *download) fetchPiece(ctx context.Context, j job, buf *[]byte) outcome {
 			*buf = mem.p
 		}
 		if ctx.Err() != nil {
+			o.cancelled = true
 			return o
 		}
 		var fe *fetchError
@@ -385,12 +447,24 @@ func (d *download) fetchPiece(ctx context.Context, j job, buf *[]byte) outcome {
 			o.err = fmt.Errorf("writing piece %d: %w", j.n, err)
 			return o
 		}
+		o.last = fmt.Errorf("%s %s: %w", src.Kind, src.ID, err)
 		d.log.Debug("source failed", zap.Uint32("piece", j.n), zap.String("source", src.ID),
 			zap.String("kind", src.Kind), zap.Error(err))
 		switch fe.kind {
-		case failCorrupt, failDead:
-			d.black.add(src.ID, fe.kind == failCorrupt)
+		case failCorrupt:
+			// The only failure the cluster hears of: it blacklists the source for the
+			// whole task, for every peer.
+			d.black.add(src.ID, true)
 			o.failures = append(o.failures, failure{src.ID, err.Error()})
+		case failDead:
+			// Perhaps only a passing fault (a restart, a reset connection, an overloaded
+			// peer): avoided by this download for a while, not reported.
+			d.black.add(src.ID, false)
+		case failMissing:
+			if src.Kind == api.SourcePeer {
+				// A peer without a piece the piece map says it has: its entry is stale.
+				d.black.add(src.ID, false)
+			}
 		case failGeneration:
 			o.newGen = true
 			return o
@@ -473,18 +547,20 @@ func (h *fileHash) digests(want string) digests {
 // streamOut writes a stream-mode download to its writer, in order, on its own goroutine (a
 // slow reader of stdout must not stall the coordinator), hashing what it writes.
 type streamOut struct {
-	w       io.Writer
-	in      chan []byte   // pieces in order; capacity: the window
-	written atomic.Int64  // pieces written (or dropped after a write error)
-	kick    chan struct{} // signalled when written grows (capacity 1)
-	errc    chan error    // the first write error
-	done    chan struct{} // closed when every piece handed over is written
-	hash    *fileHash
+	w        io.Writer
+	in       chan []byte   // pieces in order; capacity: the window
+	written  atomic.Int64  // pieces written (or dropped after a write error)
+	kick     chan struct{} // signalled when written grows (capacity 1)
+	errc     chan error    // the first write error
+	quit     chan struct{} // closed by stop: write nothing more
+	stopOnce sync.Once
+	done     chan struct{} // closed when the writer goroutine has ended
+	hash     *fileHash
 }
 
 func newStreamOut(w io.Writer, window int, want string) *streamOut {
 	o := &streamOut{w: w, in: make(chan []byte, window), kick: make(chan struct{}, 1),
-		errc: make(chan error, 1), done: make(chan struct{}), hash: newFileHash(want)}
+		errc: make(chan error, 1), quit: make(chan struct{}), done: make(chan struct{}), hash: newFileHash(want)}
 	go o.loop()
 	return o
 }
@@ -492,7 +568,22 @@ func newStreamOut(w io.Writer, window int, want string) *streamOut {
 func (o *streamOut) loop() {
 	defer close(o.done)
 	failed := false
-	for p := range o.in {
+	for {
+		var p []byte
+		var ok bool
+		select {
+		case <-o.quit:
+			return
+		case p, ok = <-o.in:
+			if !ok {
+				return
+			}
+		}
+		select {
+		case <-o.quit: // both were ready: stopping wins
+			return
+		default:
+		}
 		if !failed {
 			if _, err := o.w.Write(p); err != nil {
 				failed = true
@@ -506,6 +597,20 @@ func (o *streamOut) loop() {
 		case o.kick <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// stop makes the writer drop what is queued and waits until it has ended, or until ctx
+// ends: a Write call cannot be interrupted, so a writer blocked in one (a stdout nobody
+// reads) is left behind. It starts no other Write once that one returns, and ends then;
+// stop reports whether the writer had ended.
+func (o *streamOut) stop(ctx context.Context) bool {
+	o.stopOnce.Do(func() { close(o.quit) })
+	select {
+	case <-o.done:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -108,6 +108,12 @@ func TestDownloadThreePeersGetTheOriginsBytes(t *testing.T) {
 	data := peertest.RandomBytes(10, 2<<20+12345) // 33 pieces, the last one short
 	url := o.Add("/files/three.bin", data)
 	pieces := (len(data) + peertest.PieceSize - 1) / peertest.PieceSize
+	// The cluster caches the file first, so that the budget below leaves out the cold
+	// start: polling with backoff until the owner has probed the origin, then answers of
+	// a few pieces each while the pieces are being cached. Neither depends on the number
+	// of pieces.
+	warmTask(t, c, url)
+	before, _ := apiRequests(t, c)
 
 	results := make([]Result, 3)
 	paths := make([]string, 3)
@@ -139,7 +145,40 @@ func TestDownloadThreePeersGetTheOriginsBytes(t *testing.T) {
 		t.Errorf("the origin sent %d bytes for a file of %d: want about one copy", sent, len(data))
 	}
 	total, byRoute := apiRequests(t, c)
-	t.Logf("API requests per piece downloaded: %.3f (%v)", total/float64(3*pieces), byRoute)
+	perPiece := (total - before) / float64(3*pieces)
+	t.Logf("API requests per piece downloaded: %.3f (%v, %.0f before the downloads)", perPiece, byRoute, before)
+	// The budget of DESIGN.md is 0.25 per piece for long downloads. These are short (33
+	// pieces each, under a second) and start together: each peer makes at least 3
+	// scheduling calls (16 pieces per answer, re-asked below 4 queued) and 2 or 3 reports,
+	// and the scheduler hands a piece that only members hold to one peer at a time, so the
+	// others get answers with few or no pieces until it is reported (200ms). Measured 0.19
+	// to 0.36 over 25 runs, the same before and after the fixes of the reporter and of the
+	// per-piece backoff; 0.5 is stable and still catches a loop or a call per piece (1).
+	if perPiece > 0.5 {
+		t.Errorf("%.3f API requests per piece downloaded (%v): over the budget", perPiece, byRoute)
+	}
+}
+
+// warmTask registers url's task and waits until the cluster has cached all of it.
+func warmTask(t *testing.T, c *tc.Cluster, url string) {
+	t.Helper()
+	ctx := testCtx(t, 30*time.Second)
+	cl := c.Client()
+	defer cl.Close()
+	if _, err := cl.RegisterPeer(ctx, api.RegisterPeerRequest{ID: "warm", IP: "127.0.0.1", Port: 1, Hostname: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.DeletePeer(ctx, "warm") //nolint:errcheck
+	task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "warm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tc.Eventually(20*time.Second, func() bool {
+		got, err := cl.GetTask(ctx, task.TaskID)
+		return err == nil && got.Status == api.TaskSuccess
+	}) {
+		t.Fatal("the cluster did not cache the file")
+	}
 }
 
 func TestDownloadCatchesACorruptSource(t *testing.T) {
@@ -247,7 +286,20 @@ func TestDownloadStreamWritesInOrderAndNoFile(t *testing.T) {
 	if res.Digest != peertest.SHA256(data) || res.Bytes != int64(len(data)) {
 		t.Fatalf("result %+v", res)
 	}
-	// The streaming peer advertises nothing: it holds no piece in the cluster's map.
+	// The streaming peer advertises nothing: it holds no piece in the cluster's map (it
+	// is the task's only peer), once the leader has applied everything it wrote.
+	f := c.Member(c.Leader()).Node().FSM()
+	if err := f.WaitApplied(testCtx(t, 10*time.Second), p.Client().LastIndex()); err != nil {
+		t.Fatal(err)
+	}
+	if held := f.HeldCount(res.TaskID); held != 0 {
+		t.Fatalf("the piece map records %d pieces for the task; a streaming peer advertises none", held)
+	}
+	for n := range uint32((len(data) + peertest.PieceSize - 1) / peertest.PieceSize) {
+		if f.PeerHolds(res.TaskID, p.ID(), n) {
+			t.Fatalf("the streaming peer is listed as holding piece %d", n)
+		}
+	}
 	got, err := p.Client().GetPeer(testCtx(t, 10*time.Second), p.ID())
 	if err != nil {
 		t.Fatal(err)
@@ -293,16 +345,28 @@ func TestDownloadChecksTheExpectedDigest(t *testing.T) {
 }
 
 func TestDownloadSurvivesTheLeadersDeath(t *testing.T) {
+	for _, leaderOwns := range []bool{false, true} {
+		name := "the leader does not own the task"
+		if leaderOwns {
+			// The leader holds the only cached copy (no replicas): once it is dead, the
+			// next owner fetches the complete task from the origin again.
+			name = "the leader owns the task"
+		}
+		t.Run(name, func(t *testing.T) { testLeadersDeath(t, leaderOwns) })
+	}
+}
+
+func testLeadersDeath(t *testing.T, leaderOwns bool) {
 	c := peertest.NewCluster(t)
 	o := peertest.NewOrigin(t)
 	data := peertest.RandomBytes(15, 48*peertest.PieceSize)
 	leader := c.Leader()
 	follower := (leader + 1) % 3
-	// The file's owner must not be the leader: with one cached copy (no replicas yet), the
-	// pieces of a task whose owner is dead cannot be served at all.
-	url := notOwnedBy(t, c, o, data, c.Member(leader).ID())
+	leaderID := c.Member(leader).ID()
+	url := ownedBy(t, c, o, data, func(owner string) bool { return (owner == leaderID) == leaderOwns })
+	const workers = 4
 	// 1 MiB/s: the 3 MiB download takes about three seconds; the leader dies after one.
-	p := startPeer(t, c, follower, func(cfg *Config) { cfg.DownloadLimit = 1 << 20 })
+	p := startPeer(t, c, follower, func(cfg *Config) { cfg.DownloadLimit = 1 << 20; cfg.Workers = workers })
 	out := filepath.Join(t.TempDir(), "out.bin")
 	var progressed atomic.Int64
 	done := make(chan struct{})
@@ -322,15 +386,24 @@ func TestDownloadSurvivesTheLeadersDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkOutput(t, out, data)
-	if res.SupernodeFailovers == 0 {
+	t.Logf("result after killing the leader: %+v", res)
+	// Pieces in flight from the dead leader are lost, at most one per worker; more means
+	// the download started over.
+	if limit := res.Bytes + workers*peertest.PieceSize; res.BytesReceived > limit {
+		t.Fatalf("received %d bytes for %d, more than %d: the download started over", res.BytesReceived, res.Bytes, limit)
+	}
+	// When the pieces keep coming from a live owner, the peer reports one at least every
+	// ReportInterval (200ms), to the leader it knows, long before an election (500ms at
+	// least) can tell it of another: that write fails over. When the dead leader was the
+	// only source, nothing may be reported until the next owner has the file again, and
+	// the peer may learn the new leader from a read first: no count to assert then.
+	if !leaderOwns && res.SupernodeFailovers == 0 {
 		t.Errorf("the leader died mid-way but no failover was counted: %+v", res)
 	}
-	t.Logf("result after killing the leader: %+v", res)
 }
 
-// notOwnedBy serves data at a URL whose task another member than memberID owns, and
-// returns the URL.
-func notOwnedBy(t *testing.T, c *tc.Cluster, o *peertest.Origin, data []byte, memberID string) string {
+// ownedBy serves data at a URL whose task's owner satisfies want, and returns the URL.
+func ownedBy(t *testing.T, c *tc.Cluster, o *peertest.Origin, data []byte, want func(owner string) bool) string {
 	t.Helper()
 	ctx := testCtx(t, 30*time.Second)
 	cl := c.Client()
@@ -339,17 +412,17 @@ func notOwnedBy(t *testing.T, c *tc.Cluster, o *peertest.Origin, data []byte, me
 		t.Fatal(err)
 	}
 	defer cl.DeletePeer(ctx, "probe") //nolint:errcheck
-	for i := range 20 {
+	for i := range 40 {
 		url := o.Add(fmt.Sprintf("/files/owned-%d.bin", i), data)
 		task, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: url, PeerID: "probe"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(task.Owners) > 0 && task.Owners[0] != memberID {
+		if len(task.Owners) > 0 && want(task.Owners[0]) {
 			return url
 		}
 	}
-	t.Fatalf("every URL tried is owned by %s", memberID)
+	t.Fatal("no URL tried has the owner wanted")
 	return ""
 }
 

@@ -37,13 +37,27 @@ type fakeCluster struct {
 	onReport func(f *fakeCluster)
 	// expired answers the next heartbeat 404, as for a peer the cluster expired.
 	expired bool
-	// onData, when set, runs when piece n is asked for.
-	onData func(n int)
+	// onData, when set, runs when piece n is asked for; a non-zero status is answered
+	// instead of the piece.
+	onData func(n int) int
+	// reportStatus, when set, runs (under mu) for each report: a non-zero status is
+	// answered instead of accepting it.
+	reportStatus func(f *fakeCluster) int
+	// deleteStatus, when non-zero, is the answer to DELETE /peers/{id}; otherwise the
+	// peer's pieces leave the piece map, as in the real cluster.
+	deleteStatus int
+	// stale, when set, runs (under mu) for the n-th scheduling call (from 1): true answers
+	// as a member that is one generation behind would.
+	stale func(n int) bool
+	// schedules counts the scheduling calls; maxLimit is the largest limit asked for.
+	schedules, maxLimit int
+	// dataAsked counts the requests for each piece's data.
+	dataAsked map[int]int
 }
 
 func newFakeCluster(t *testing.T, pieceSize int64, data []byte) *fakeCluster {
 	f := &fakeCluster{pieceSize: pieceSize, versions: [][]byte{data}, gen: 1, held: map[uint32]bool{},
-		requests: map[string]int{}}
+		requests: map[string]int{}, dataAsked: map[int]int{}}
 	mux := http.NewServeMux()
 	handle := func(pattern string, h func(w http.ResponseWriter, r *http.Request)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -78,7 +92,19 @@ func newFakeCluster(t *testing.T, pieceSize int64, data []byte) *fakeCluster {
 		w.Header().Set(api.HeaderUploadSlots, "3")
 		w.WriteHeader(204)
 	})
-	handle("DELETE /peers/{id}", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })
+	handle("DELETE /peers/{id}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		status := f.deleteStatus
+		if status == 0 {
+			f.held = map[uint32]bool{}
+		}
+		f.mu.Unlock()
+		if status != 0 {
+			reply(w, status, api.Error{Error: "delete refused"})
+			return
+		}
+		w.WriteHeader(204)
+	})
 	handle("PUT /tasks/{id}", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })
 	handle("POST /tasks", func(w http.ResponseWriter, r *http.Request) {
 		var req api.RegisterTaskRequest
@@ -92,6 +118,15 @@ func newFakeCluster(t *testing.T, pieceSize int64, data []byte) *fakeCluster {
 		q := r.URL.Query()
 		limit, _ := strconv.Atoi(q.Get(api.QueryLimit))
 		from, _ := strconv.Atoi(q.Get(api.QueryFrom)) // stream mode: a window in order from here
+		f.mu.Lock()
+		f.schedules++
+		f.maxLimit = max(f.maxLimit, limit)
+		stale := f.stale != nil && f.gen > 1 && f.stale(f.schedules)
+		f.mu.Unlock()
+		if stale {
+			reply(w, 200, f.scheduleOf(limit, int64(from), true))
+			return
+		}
 		reply(w, 200, f.schedule(limit, int64(from)))
 	})
 	handle("PUT /tasks/{id}/pieces", func(w http.ResponseWriter, r *http.Request) {
@@ -102,6 +137,12 @@ func newFakeCluster(t *testing.T, pieceSize int64, data []byte) *fakeCluster {
 		if b.Generation != f.gen {
 			reply(w, 409, api.Error{Error: "stale generation"})
 			return
+		}
+		if f.reportStatus != nil {
+			if status := f.reportStatus(f); status != 0 {
+				reply(w, status, api.Error{Error: "report refused"})
+				return
+			}
 		}
 		for _, rep := range b.Reports {
 			spans, _ := api.ParseRange(rep.Pieces)
@@ -118,8 +159,14 @@ func newFakeCluster(t *testing.T, pieceSize int64, data []byte) *fakeCluster {
 	})
 	handle("GET /tasks/{id}/pieces/{n}/data", func(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.PathValue("n"))
+		f.mu.Lock()
+		f.dataAsked[n]++
+		f.mu.Unlock()
 		if f.onData != nil {
-			f.onData(n)
+			if status := f.onData(n); status != 0 {
+				reply(w, status, api.Error{Error: "not now"})
+				return
+			}
 		}
 		gen, _ := strconv.ParseUint(r.URL.Query().Get("generation"), 10, 64)
 		f.mu.Lock()
@@ -146,11 +193,20 @@ func (f *fakeCluster) newGeneration(data []byte) {
 }
 
 func (f *fakeCluster) schedule(limit int, from int64) api.Schedule {
+	return f.scheduleOf(limit, from, false)
+}
+
+// scheduleOf answers a scheduling call; stale answers as a member one generation behind.
+func (f *fakeCluster) scheduleOf(limit int, from int64, stale bool) api.Schedule {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	data := f.versions[f.gen-1]
+	gen := f.gen
+	if stale {
+		gen--
+	}
+	data := f.versions[gen-1]
 	count := (int64(len(data)) + f.pieceSize - 1) / f.pieceSize
-	s := api.Schedule{Status: api.TaskSuccess, Generation: f.gen, PieceSize: f.pieceSize,
+	s := api.Schedule{Status: api.TaskSuccess, Generation: gen, PieceSize: f.pieceSize,
 		ContentLength: int64(len(data)), PieceCount: count, Pieces: []api.ScheduledPiece{}}
 	for n := from; n < count && len(s.Pieces) < limit; n++ {
 		if f.held[uint32(n)] {
@@ -160,8 +216,14 @@ func (f *fakeCluster) schedule(limit int, from int64) api.Schedule {
 		s.Pieces = append(s.Pieces, api.ScheduledPiece{N: uint32(n), Size: int64(len(p)), Digest: peertest.SHA256(p),
 			Sources: []api.PieceSource{{Kind: api.SourceMember, ID: "fake", Addr: f.addr()}}})
 	}
-	s.Done = len(f.held) == int(count)
+	s.Done = len(f.held) >= int(count)
 	return s
+}
+
+func (f *fakeCluster) asked(n int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dataAsked[n]
 }
 
 func (f *fakeCluster) count(route string) int {
@@ -250,10 +312,11 @@ func TestStreamKeepsItsWindow(t *testing.T) {
 	f := newFakeCluster(t, pieceSize, data)
 	w := &slowWriter{delay: time.Millisecond}
 	var ahead atomic.Int64 // how far past the written pieces a fetch went, at most
-	f.onData = func(n int) {
+	f.onData = func(n int) int {
 		if d := int64(n) - w.written.Load()/pieceSize; d > ahead.Load() {
 			ahead.Store(d)
 		}
+		return 0
 	}
 	p := startFakePeer(t, f, func(c *Config) { c.Workers = workers })
 	res, err := p.Download(testCtx(t, 30*time.Second), Request{URL: "http://origin.test/file", Stream: w})

@@ -29,13 +29,15 @@ const (
 	// source, report nothing.
 	failBusy failKind = iota + 1
 	// failMissing: the source does not have the piece (yet), or refuses this peer (403/404):
-	// try the next source, report nothing.
+	// try the next source, report nothing; a peer (whose piece map entry is then stale) is
+	// blacklisted locally for a while.
 	failMissing
-	// failDead: unreachable, stalled, broken off or an error answer: report it, blacklist it
-	// for a while.
+	// failDead: unreachable, stalled, broken off or an error answer: blacklist it locally
+	// for a while, report nothing (it may be a passing fault).
 	failDead
-	// failCorrupt: the bytes do not match the digest or the size: report it, blacklist it for
-	// the rest of the download.
+	// failCorrupt: the bytes do not match the digest or the size: blacklist it for the rest
+	// of the download, and report it with the source named, so that the cluster blacklists
+	// it for the whole task.
 	failCorrupt
 	// failGeneration: a member says the task is at another generation (409).
 	failGeneration

@@ -41,7 +41,15 @@ func (d *download) runGeneration(ctx context.Context) error {
 	if d.stream {
 		window = int(min(int64(2*workers), max(1, d.p.cfg.StreamMemory/d.pieceSize)))
 		d.out = newStreamOut(d.req.Stream, window, d.want)
-		defer close(d.out.in) // ends the writer once it has written what it has
+		// Nothing reaches the stream once the generation is over: the writer drops what is
+		// queued, and is waited for (bounded, see streamOut.stop).
+		defer func() {
+			cctx, cancel := d.cleanupCtx(ctx)
+			defer cancel()
+			if !d.out.stop(cctx) {
+				d.log.Warn("the output is still blocked in a write; nothing more is written once it returns")
+			}
+		}()
 	}
 	recheck := make(chan struct{}, 1)
 	rep := newReporter(ctx, d.p.client, d.log, &d.p.cfg, d.taskID, d.p.id, d.gen, func() {
@@ -51,7 +59,7 @@ func (d *download) runGeneration(ctx context.Context) error {
 		}
 	})
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.p.cfg.ShutdownTimeout)
+		cctx, cancel := d.cleanupCtx(ctx)
 		rep.close(cctx)
 		cancel()
 		d.reports += rep.sent.Load()
@@ -78,8 +86,8 @@ func (d *download) runGeneration(ctx context.Context) error {
 	}()
 
 	l := &loop{d: d, rep: rep, window: window, inflight: map[uint32]bool{}, queued: map[uint32]bool{},
-		backoff: minBackoff}
-	if err := l.take(first); err != nil {
+		backoff: minBackoff, tries: map[uint32]int{}, cool: map[uint32]time.Time{}}
+	if err := l.take(ctx, first); err != nil {
 		return err
 	}
 	askc := make(chan askResult, 1)
@@ -131,6 +139,8 @@ func (d *download) runGeneration(ctx context.Context) error {
 			l.written = int(d.out.written.Load())
 		case err := <-writeErr:
 			return err
+		case err := <-rep.failed:
+			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -164,7 +174,10 @@ func (d *download) runGeneration(ctx context.Context) error {
 func (d *download) query(l *loop, window int) api.ScheduleQuery {
 	q := api.ScheduleQuery{PeerID: d.p.id, Limit: 4 * d.p.cfg.Workers, Exclude: d.black.list()}
 	if l != nil {
-		q.Limit += len(l.inflight) + len(l.queue) + l.rep.unconfirmed()
+		// Successes the cluster has not accepted count, but only so far: while reports fail
+		// they pile up, and the answers would list nothing else.
+		q.Limit += len(l.inflight) + len(l.queue) + l.cooling() +
+			min(l.rep.unconfirmed(), l.rep.maxUnconfirmedLimit())
 	}
 	if d.stream {
 		q.Mode = api.ModeStream
@@ -193,6 +206,11 @@ type loop struct {
 	backoff  time.Duration
 	errs     int  // scheduling calls failed in a row
 	starved  bool // the last answer brought no new piece
+	resets   int  // answers that said Done while pieces were missing
+	// Pieces no source delivered: the rounds that failed, and when the piece may be
+	// fetched again (exponential backoff per piece).
+	tries map[uint32]int
+	cool  map[uint32]time.Time
 	// Stream mode: pieces verified but not yet handed to the writer, the next piece to
 	// hand over, and how many the writer has written.
 	buffered map[uint32][]byte
@@ -257,22 +275,38 @@ func (l *loop) answer(ctx context.Context, a askResult) error {
 		return nil
 	}
 	l.errs = 0
-	return l.take(a.s)
+	return l.take(ctx, a.s)
 }
 
-// take queues the pieces of an answer that are not already held, in flight or queued.
-func (l *loop) take(s *api.Schedule) error {
+// take queues the pieces of an answer that are not already held, in flight, queued or
+// cooling down after a failed round.
+func (l *loop) take(ctx context.Context, s *api.Schedule) error {
 	d := l.d
 	switch {
+	case s.Generation < d.gen:
+		// A member that is behind: ask again, later.
+		d.log.Debug("answer of an older generation ignored", zap.Uint64("generation", s.Generation))
+		d.asks++
+		d.emptyAsks++
+		l.starved = true
+		l.later()
+		return nil
 	case s.Status == api.TaskFailed:
 		return d.taskFailed()
-	case s.Generation != d.gen:
+	case s.Generation > d.gen:
+		d.minGen = s.Generation
 		return errNewGeneration
+	case s.Done && d.held < d.count:
+		return l.wronglyDone(ctx)
 	}
+	now := time.Now()
 	added := 0
 	for _, p := range s.Pieces {
 		if int64(p.N) >= int64(d.count) || d.have[p.N] || l.inflight[p.N] || l.queued[p.N] {
 			continue
+		}
+		if until, ok := l.cool[p.N]; ok && now.Before(until) {
+			continue // it just failed: not before its backoff has passed
 		}
 		digest, ok := parseDigest(p.Digest)
 		if !ok || p.Size != d.pieceLen(p.N) || len(p.Sources) == 0 {
@@ -300,10 +334,61 @@ func (l *loop) take(s *api.Schedule) error {
 	return nil
 }
 
+// wronglyDone handles an answer that says this peer holds every piece while it does not:
+// the cluster's piece map lists pieces this peer does not hold (of an older generation, or
+// of a file since removed), and would never schedule them. The peer resets (leaves and
+// registers again with what it really holds), once per generation; a failed reset, or the
+// same answer after one, fails the download.
+func (l *loop) wronglyDone(ctx context.Context) error {
+	d := l.d
+	if l.resets >= 1 {
+		return fmt.Errorf("%w: the cluster lists this peer as holding every piece of task %s, it holds %d of %d",
+			ErrBadSchedule, d.taskID, d.held, d.count)
+	}
+	l.resets++
+	d.log.Warn("the cluster lists pieces this peer does not hold: registering again",
+		zap.Int("held", d.held), zap.Int("pieces", d.count))
+	if err := d.p.reset(ctx); err != nil {
+		return fmt.Errorf("%w the cluster wrongly lists for this peer: %w", errWithdraw, err)
+	}
+	l.force = true
+	return nil
+}
+
 // later delays the next scheduling call, doubling the delay up to maxBackoff.
 func (l *loop) later() {
 	l.retryAt = time.Now().Add(l.backoff)
 	l.backoff = min(2*l.backoff, maxBackoff)
+}
+
+// cooling is the number of pieces waiting out their backoff after a failed round: the
+// cluster may list them, and they are skipped.
+func (l *loop) cooling() int {
+	now := time.Now()
+	n := 0
+	for _, until := range l.cool {
+		if now.Before(until) {
+			n++
+		}
+	}
+	return n
+}
+
+// failed notes a round in which no source delivered piece n: the piece waits
+// pieceBackoffMin, doubling up to pieceBackoffMax, before it is fetched again, and after
+// maxPieceRounds such rounds the download fails.
+func (l *loop) failed(o outcome) error {
+	t := l.tries[o.n] + 1
+	l.tries[o.n] = t
+	if t >= maxPieceRounds {
+		why := "no source could be tried"
+		if o.last != nil {
+			why = "last: " + o.last.Error()
+		}
+		return fmt.Errorf("piece %d of task %s: no source delivered it in %d attempts (%s)", o.n, l.d.taskID, t, why)
+	}
+	l.cool[o.n] = time.Now().Add(min(pieceBackoffMin<<(t-1), pieceBackoffMax))
+	return nil
 }
 
 // done takes a worker's outcome.
@@ -320,11 +405,19 @@ func (l *loop) done(o outcome) error {
 		l.force = true
 	}
 	if !o.ok {
+		if o.cancelled {
+			return nil
+		}
+		if err := l.failed(o); err != nil {
+			return err
+		}
 		if len(l.queue) == 0 && l.retryAt.IsZero() {
 			l.later() // every source failed: let the cluster hear of it before asking again
 		}
 		return nil
 	}
+	delete(l.tries, o.n)
+	delete(l.cool, o.n)
 	d.have[o.n] = true
 	d.held++
 	d.doneBytes += d.pieceLen(o.n)

@@ -32,10 +32,12 @@ type Peer struct {
 
 	hostname string
 
-	mu     sync.Mutex
-	tasks  map[string]*joinedTask // tasks this peer joined, for a re-registration
-	closed bool
-	regMu  sync.Mutex // serializes registering again
+	mu        sync.Mutex
+	tasks     map[string]*joinedTask // tasks this peer joined, for a re-registration
+	closed    bool                   // Close has begun
+	closeDone chan struct{}          // closed when Close has ended
+	closeErr  error                  // Close's result, set before closeDone is closed
+	regMu     sync.Mutex             // serializes registering again, and leaving
 
 	hbCancel context.CancelFunc
 	hbDone   chan struct{}
@@ -67,7 +69,7 @@ func Start(ctx context.Context, cfg Config) (*Peer, error) {
 		return nil, err
 	}
 	p := &Peer{cfg: cfg, log: cfg.Logger.Named("peer"), client: client, store: NewStore(),
-		limiter: newLimiter(cfg.DownloadLimit), tasks: map[string]*joinedTask{}}
+		limiter: newLimiter(cfg.DownloadLimit), tasks: map[string]*joinedTask{}, closeDone: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.fetcher = newFetcher(cfg.Workers, p.limiter, cfg.PieceIdleTimeout)
 	p.uploads, err = NewUploadServer(UploadConfig{Addr: cfg.PeerAddr, Pieces: p.store, Limit: cfg.UploadLimit,
@@ -131,40 +133,77 @@ func (p *Peer) Client() *sdk.Client { return p.client }
 
 // Close stops the downloads under way (they clean up as on any failure), leaves the cluster
 // (DELETE /peers/{id}: its pieces leave the piece map), stops the heartbeats and the upload
-// server, and closes the files of held tasks. Each step is bounded by
-// Config.ShutdownTimeout.
+// server, and closes the files of held tasks. It takes at most about
+// Config.ShutdownTimeout: see Shutdown.
 func (p *Peer) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+	defer cancel()
+	return p.Shutdown(ctx)
+}
+
+// minLeaveTime is the least time Shutdown gives DELETE /peers and stopping the upload
+// server, even when the downloads used up ctx: a cluster that answers at once still hears
+// that the peer left.
+const minLeaveTime = time.Second
+
+// Shutdown is Close bounded by ctx: it waits for the downloads under way to end until ctx
+// ends (they are cancelled, and their own cleanup ends at most ShutdownTimeout after
+// that), then leaves the cluster and stops the upload server by ctx's deadline (or within
+// ShutdownTimeout when it has none), but taking at least minLeaveTime. Once Shutdown has
+// begun, nothing registers the peer again.
+// A second call waits for the first and returns its result.
+func (p *Peer) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil
+		<-p.closeDone
+		return p.closeErr
 	}
 	p.closed = true
 	p.mu.Unlock()
+	defer close(p.closeDone)
 	p.cancel()
 	waited := make(chan struct{})
 	go func() { p.downloads.Wait(); close(waited) }()
 	select {
 	case <-waited:
-	case <-time.After(p.cfg.ShutdownTimeout):
+	case <-ctx.Done():
 		p.log.Warn("downloads still stopping; closing anyway")
 	}
 	p.hbCancel()
 	<-p.hbDone
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownTimeout)
+	leaveBy := time.Now().Add(p.cfg.ShutdownTimeout)
+	if d, ok := ctx.Deadline(); ok {
+		leaveBy = d
+	}
+	if least := time.Now().Add(minLeaveTime); leaveBy.Before(least) {
+		leaveBy = least
+	}
+	lctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), leaveBy)
 	defer cancel()
 	var errs []error
-	if err := p.client.DeletePeer(ctx, p.id); err != nil && !errors.Is(err, sdk.ErrNotFound) {
+	// regMu: a registration under way (a download's reset) ends before the peer leaves.
+	p.regMu.Lock()
+	err := p.client.DeletePeer(lctx, p.id)
+	p.regMu.Unlock()
+	if err != nil && !errors.Is(err, sdk.ErrNotFound) {
 		errs = append(errs, fmt.Errorf("leaving the cluster: %w", err))
 	}
-	if err := p.uploads.Shutdown(ctx); err != nil {
+	if err := p.uploads.Shutdown(lctx); err != nil {
 		errs = append(errs, fmt.Errorf("stopping the upload server: %w", err))
 	}
 	p.store.Close()
 	p.fetcher.close()
 	p.client.Close()
 	p.log.Info("peer closed")
-	return errors.Join(errs...)
+	p.closeErr = errors.Join(errs...)
+	return p.closeErr
+}
+
+func (p *Peer) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
 }
 
 // heartbeats sends PUT /peers/{id}/heartbeat every HeartbeatInterval with the uploads under
@@ -209,7 +248,11 @@ func (p *Peer) rejoin(ctx context.Context) error {
 	return p.rejoinLocked(ctx)
 }
 
+// rejoinLocked is rejoin with regMu held. After Close it refuses (ErrClosed): the peer left.
 func (p *Peer) rejoinLocked(ctx context.Context) error {
+	if p.isClosed() {
+		return ErrClosed
+	}
 	if _, err := p.client.RegisterPeer(ctx, p.registration(p.id)); err != nil {
 		return err
 	}
@@ -240,10 +283,14 @@ func (p *Peer) rejoinLocked(ctx context.Context) error {
 
 // reset makes the cluster forget pieces this peer advertised but no longer holds (a failed
 // download removed its file): the API has no way to take back a piece, so the peer leaves
-// (DELETE /peers/{id}) and registers again with what it still holds.
+// (DELETE /peers/{id}) and registers again with what it still holds. After Close it
+// refuses (ErrClosed): Close's own DELETE /peers withdraws everything.
 func (p *Peer) reset(ctx context.Context) error {
 	p.regMu.Lock()
 	defer p.regMu.Unlock()
+	if p.isClosed() {
+		return ErrClosed
+	}
 	if err := p.client.DeletePeer(ctx, p.id); err != nil && !errors.Is(err, sdk.ErrNotFound) {
 		return err
 	}

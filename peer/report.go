@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,10 +16,25 @@ import (
 	"github.com/dfly-ha/dfha/sdk/api"
 )
 
+// Bounds of the reporter.
+const (
+	// reportBackoffMin and reportBackoffMax bound the pause after a failed report: no
+	// report goes out before it has passed, even when a full batch waits.
+	reportBackoffMin = 100 * time.Millisecond
+	reportBackoffMax = 5 * time.Second
+	// maxReportRefusals is how many reports in a row the cluster may refuse with an answer
+	// that no retry cures (500, 401, 403, 400, 413) before the download fails. Unreachable
+	// members and 503s (the sdk already retried them over every member) only back off.
+	maxReportRefusals = 6
+)
+
 // reporter sends a download's piece reports in batches: one PUT /tasks/{id}/pieces when
 // ReportBatch pieces wait, or when the oldest waiting report is due. A piece fetched from a
 // member is due after ReportInterval (other peers wait for it: the scheduler sends them to
 // us for it), one from a peer after ReportLazy (they can get it from that peer already).
+// After a failed report nothing goes out before a backoff (reportBackoffMin doubling up to
+// reportBackoffMax) has passed; after maxReportRefusals refusals in a row the reporter
+// gives up and says so on failed.
 type reporter struct {
 	client *sdk.Client
 	log    *zap.Logger
@@ -41,6 +57,12 @@ type reporter struct {
 	stale   atomic.Bool          // a report got 409: the task is at another generation
 	sent    atomic.Int64         // requests sent (for tests and logs)
 	waiting atomic.Int64         // successes not yet accepted by the cluster
+	failed  chan error           // the reason the reporter gave up (capacity 1)
+
+	// Owned by the loop goroutine.
+	retryAt  time.Time     // no report before (after a failed one)
+	backoff  time.Duration // the next pause after a failure
+	refusals int           // reports refused in a row
 }
 
 // failure is a source that failed, and why.
@@ -49,7 +71,8 @@ type failure struct{ source, reason string }
 func newReporter(ctx context.Context, client *sdk.Client, log *zap.Logger, cfg *Config, taskID, peerID string, gen uint64, onStale func()) *reporter {
 	r := &reporter{client: client, log: log, taskID: taskID, peerID: peerID, gen: gen, cfg: cfg,
 		ok: map[string][]uint32{}, bad: map[failure][]uint32{}, kick: make(chan struct{}, 1),
-		stop: make(chan struct{}), done: make(chan struct{}), onStale: onStale}
+		stop: make(chan struct{}), done: make(chan struct{}), onStale: onStale, failed: make(chan error, 1),
+		backoff: reportBackoffMin}
 	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	go r.loop()
 	return r
@@ -98,6 +121,11 @@ func (r *reporter) added(urgent bool) {
 // answer may still list them.
 func (r *reporter) unconfirmed() int { return int(r.waiting.Load()) }
 
+// maxUnconfirmedLimit bounds how far unconfirmed successes raise the scheduling limit: while
+// reports fail they pile up, and the limit would grow until the answers list nothing but
+// pieces already held.
+func (r *reporter) maxUnconfirmedLimit() int { return 2 * r.cfg.ReportBatch }
+
 // close sends what is pending and stops the loop; bounded by ctx.
 func (r *reporter) close(ctx context.Context) {
 	close(r.stop)
@@ -118,13 +146,20 @@ func (r *reporter) loop() {
 		r.mu.Lock()
 		pending, due := r.pending, r.due
 		r.mu.Unlock()
-		if pending > 0 && (pending >= r.cfg.ReportBatch || !time.Now().Before(due)) {
+		now := time.Now()
+		if pending >= r.cfg.ReportBatch {
+			due = now
+		}
+		if pending > 0 && !now.Before(due) && !now.Before(r.retryAt) {
 			r.flush()
 			continue
 		}
 		wait := time.Hour
 		if pending > 0 {
-			wait = time.Until(due)
+			if r.retryAt.After(due) {
+				due = r.retryAt
+			}
+			wait = due.Sub(now)
 		}
 		timer.Reset(wait)
 		select {
@@ -143,8 +178,10 @@ func (r *reporter) loop() {
 	}
 }
 
-// flush sends everything pending as one request. Successes that could not be sent wait for
-// the next flush; failures are dropped (the source is blacklisted locally anyway).
+// flush sends everything pending as one request. What a failed request carried waits for
+// the next flush, which comes only after the backoff; what the cluster will never accept
+// (400, 404: the task or the peer is gone, and registering again reports what is held) is
+// dropped.
 func (r *reporter) flush() {
 	r.mu.Lock()
 	ok, bad := r.ok, r.bad
@@ -164,6 +201,7 @@ func (r *reporter) flush() {
 	switch {
 	case err == nil:
 		r.waiting.Add(-int64(okN))
+		r.retryAt, r.backoff, r.refusals = time.Time{}, reportBackoffMin, 0
 		return
 	case errors.Is(err, sdk.ErrConflict):
 		r.waiting.Add(-int64(okN))
@@ -171,9 +209,24 @@ func (r *reporter) flush() {
 			r.onStale()
 		}
 		return
+	case r.ctx.Err() != nil:
+		r.waiting.Add(-int64(okN))
+		return
 	}
-	r.log.Warn("piece report failed", zap.Error(err))
-	if r.ctx.Err() != nil || errors.Is(err, sdk.ErrNotFound) || errors.Is(err, sdk.ErrBadRequest) {
+	r.log.Warn("piece report failed", zap.Error(err), zap.Duration("retry_in", r.backoff))
+	r.retryAt = time.Now().Add(r.backoff)
+	r.backoff = min(2*r.backoff, reportBackoffMax)
+	if !errors.Is(err, sdk.ErrNoLeader) && !errors.Is(err, sdk.ErrUnavailable) && !errors.Is(err, sdk.ErrNotFound) {
+		// An answer that no retry cures. It may still be a passing fault of the cluster:
+		// give up only when it keeps coming.
+		if r.refusals++; r.refusals >= maxReportRefusals {
+			select {
+			case r.failed <- fmt.Errorf("the cluster refused %d piece reports in a row: %w", r.refusals, err):
+			default:
+			}
+		}
+	}
+	if errors.Is(err, sdk.ErrNotFound) || errors.Is(err, sdk.ErrBadRequest) {
 		r.waiting.Add(-int64(okN))
 		return // the task or the peer is gone, or the report will never be accepted
 	}
@@ -182,8 +235,12 @@ func (r *reporter) flush() {
 		r.ok[src] = append(r.ok[src], ns...)
 		r.pending += len(ns)
 	}
-	if r.pending > 0 {
-		r.due = time.Now().Add(r.cfg.ReportLazy)
+	for f, ns := range bad {
+		r.bad[f] = append(r.bad[f], ns...)
+		r.pending += len(ns)
+	}
+	if r.pending > 0 && r.due.IsZero() {
+		r.due = time.Now()
 	}
 	r.mu.Unlock()
 }

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +40,9 @@ const (
 )
 
 func main() {
+	// A write to a closed stdout (dfget -o - | head) must fail with EPIPE, so that the
+	// download cleans up and leaves the cluster, instead of killing the process.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -302,6 +306,21 @@ func token(file string) (string, error) {
 	return t, nil
 }
 
+// shutdownTimeout bounds leaving after a signal: the download's cleanup (its last reports,
+// telling the cluster it failed) ends at most this long after the signal, and so does
+// leaving the cluster (give or take the second the engine always allows DELETE /peers).
+const shutdownTimeout = peer.DefaultShutdownTimeout
+
+// leave closes the peer; after a signal, within shutdownTimeout of the signal.
+func leave(p *peer.Peer, sigCtx context.Context, signalled *atomic.Int64) error {
+	if sigCtx.Err() == nil {
+		return p.Close()
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, signalled.Load()).Add(shutdownTimeout))
+	defer cancel()
+	return p.Shutdown(ctx)
+}
+
 // download runs the peer: start, download, seed, leave.
 func download(o *options, stdout, stderr io.Writer) error {
 	log, err := logging.New(o.logLevel, o.logFormat)
@@ -311,11 +330,24 @@ func download(o *options, stdout, stderr io.Writer) error {
 	defer log.Sync() //nolint:errcheck
 	o.peer.Logger = log
 
-	// The first SIGINT/SIGTERM cancels the download (which removes its temp file) and the
-	// peer leaves the cluster; a second one kills the process at once.
-	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	go func() { <-sigCtx.Done(); stop() }()
+	// The first SIGINT/SIGTERM/SIGHUP cancels the download (which removes its temp file)
+	// and the peer leaves the cluster, all within about shutdownTimeout of the signal; a
+	// second one kills the process at once.
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	sigCtx, cancelSig := context.WithCancel(context.Background())
+	defer cancelSig()
+	defer signal.Stop(sigc)
+	var signalled atomic.Int64 // when the signal came (unix ns), set before sigCtx ends
+	go func() {
+		select {
+		case <-sigc:
+			signalled.Store(time.Now().UnixNano())
+			signal.Stop(sigc) // the default action again: a second signal kills
+			cancelSig()
+		case <-sigCtx.Done():
+		}
+	}()
 	ctx := sigCtx
 	if o.timeout > 0 {
 		var cancel context.CancelFunc
@@ -353,7 +385,7 @@ func download(o *options, stdout, stderr io.Writer) error {
 		}
 		t.Stop()
 	}
-	if cerr := p.Close(); cerr != nil {
+	if cerr := leave(p, sigCtx, &signalled); cerr != nil {
 		log.Warn("leaving the cluster: " + cerr.Error())
 	}
 	if err != nil {

@@ -3,13 +3,19 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/dfly-ha/dfha/peer"
 	"github.com/dfly-ha/dfha/peer/peertest"
+	tc "github.com/dfly-ha/dfha/test/cluster"
 )
 
 func TestUsageErrorsAreOneLineAndExitTwo(t *testing.T) {
@@ -138,4 +144,129 @@ func checkSummary(t *testing.T, line []byte, data []byte) {
 		res.PiecesFromPeers+res.PiecesFromSupernodes != 11 {
 		t.Fatalf("summary %s", line)
 	}
+}
+
+// TestMain runs dfget's main instead of the tests when the test binary is started as dfget
+// by the tests below (signals need a process of their own).
+func TestMain(m *testing.M) {
+	if os.Getenv("DFGET_TEST_AS_DFGET") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// startDfget starts this test binary as dfget with args; stdout goes to w.
+func startDfget(t *testing.T, w *os.File, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "DFGET_TEST_AS_DFGET=1")
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, &stderr
+}
+
+// waitExit waits for cmd and returns its exit code (-1 when a signal killed it).
+func waitExit(t *testing.T, cmd *exec.Cmd, within time.Duration) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var exit *exec.ExitError
+		switch {
+		case err == nil:
+			return 0
+		case errors.As(err, &exit):
+			if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				t.Logf("dfget killed by %v", ws.Signal())
+			}
+			return exit.ExitCode()
+		}
+		t.Fatal(err)
+	case <-time.After(within):
+		t.Fatalf("dfget still running after %s", within)
+	}
+	return 0
+}
+
+// peersLeft waits until the cluster knows no peer, and fails the test if it still knows
+// some after a few seconds: dfget did not leave (DELETE /peers) before exiting.
+func peersLeft(t *testing.T, c *tc.Cluster) {
+	t.Helper()
+	f := c.Member(c.WaitForLeader(10 * time.Second)).Node().FSM()
+	if !tc.Eventually(3*time.Second, func() bool { _, peers, _, _ := f.Counts(); return peers == 0 }) {
+		_, peers, _, _ := f.Counts()
+		t.Fatalf("the cluster still knows %d peers: dfget did not leave", peers)
+	}
+}
+
+func TestClosedStdoutAndHangupCleanUp(t *testing.T) {
+	c := peertest.NewCluster(t)
+	o := peertest.NewOrigin(t)
+	data := peertest.RandomBytes(22, 40*peertest.PieceSize)
+	url := o.Add("/dfget/slow.bin", data)
+	// 1 MiB/s: the 2.5 MiB download takes more than two seconds.
+	base := []string{"-u", url, "--supernodes", c.HTTPAddr(0), "--peer-addr", "127.0.0.1:0", "-q",
+		"--log-level", "error", "-s", "1MiB/s"}
+
+	t.Run("stdout closed", func(t *testing.T) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd, stderr := startDfget(t, w, append(base, "-o", "-")...)
+		w.Close()
+		// Read a little, then go away, as `dfget -o - | head -c 1000` does.
+		if _, err := io.ReadFull(r, make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		code := waitExit(t, cmd, 30*time.Second)
+		msg := stderr.String()
+		if code != exitFailure || strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "dfget: ") {
+			t.Fatalf("exit %d, stderr %q; want exit 1 and one line", code, msg)
+		}
+		t.Logf("stderr: %s", msg)
+		peersLeft(t, c)
+	})
+
+	t.Run("hangup", func(t *testing.T) {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out.bin")
+		devnull, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer devnull.Close()
+		cmd, stderr := startDfget(t, devnull, append(base, "-o", out)...)
+		// Wait until the temp file is there and the download under way.
+		if !tc.Eventually(20*time.Second, func() bool {
+			entries, _ := os.ReadDir(dir)
+			return len(entries) == 1 && strings.HasPrefix(entries[0].Name(), ".out.bin.dfget-")
+		}) {
+			t.Fatal("no temp file appeared")
+		}
+		time.Sleep(300 * time.Millisecond)
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		code := waitExit(t, cmd, 30*time.Second)
+		msg := stderr.String()
+		if code != exitFailure || msg != "dfget: interrupted\n" {
+			t.Fatalf("exit %d, stderr %q; want exit 1 and %q", code, msg, "dfget: interrupted\n")
+		}
+		if took := time.Since(start); took > 6*time.Second {
+			t.Fatalf("dfget took %s to exit after SIGHUP", took)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Fatalf("left %d files behind (%s)", len(entries), entries[0].Name())
+		}
+		peersLeft(t, c)
+	})
 }
