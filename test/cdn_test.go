@@ -574,11 +574,12 @@ func TestEvictionKeepsTheCacheBoundedAndNeverDropsABusyTask(t *testing.T) {
 	o := newOrigin(t)
 	cl := c.Client()
 	mustRegisterPeer(t, ctx, cl, "p", 1)
-	// A slow task, still being fetched while the cache overflows (about 6 s at 100 KiB/s).
+	// A slow task, still being fetched while the cache overflows (about 15 s at 40 KiB/s,
+	// so that it is still running on a busy machine when the eviction has happened).
 	slowData := randomBytes(20, 600<<10)
 	slowURL := o.add("/slow.bin", slowData)
 	o.mu.Lock()
-	o.pathDelay = map[string]time.Duration{"/slow.bin": 150 * time.Millisecond}
+	o.pathDelay = map[string]time.Duration{"/slow.bin": 400 * time.Millisecond}
 	o.mu.Unlock()
 	slow, _, err := cl.RegisterTask(ctx, api.RegisterTaskRequest{URL: slowURL, PeerID: "p"})
 	if err != nil {
