@@ -23,6 +23,7 @@ import (
 
 	"github.com/dfly-ha/dfha/cdn"
 	"github.com/dfly-ha/dfha/cluster/member"
+	"github.com/dfly-ha/dfha/peer/peertest"
 	"github.com/dfly-ha/dfha/sdk"
 	"github.com/dfly-ha/dfha/sdk/api"
 	tc "github.com/dfly-ha/dfha/test/cluster"
@@ -117,14 +118,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-func randomBytes(seed uint64, n int) []byte {
-	rng := rand.New(rand.NewPCG(seed, seed+1))
-	p := make([]byte, n)
-	for i := range p {
-		p[i] = byte(rng.Uint32())
-	}
-	return p
-}
+func randomBytes(seed uint64, n int) []byte { return peertest.RandomBytes(seed, n) }
 
 // waitTask polls a task until cond holds (bounded).
 func waitTask(t *testing.T, c *tc.Cluster, id string, timeout time.Duration, cond func(api.Task) bool) api.Task {

@@ -24,13 +24,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/dfly-ha/dfha/bench/harness"
 	"github.com/dfly-ha/dfha/sdk"
 	"github.com/dfly-ha/dfha/sdk/api"
 	"github.com/dfly-ha/dfha/test/procs"
@@ -132,12 +132,12 @@ func run(o options) error {
 		}
 		curlMiBs = append(curlMiBs, mibs(o.size, d))
 		before := org.sent.Load()
-		cpu := readCPU()
+		cpu := harness.StartCPU()
 		task, d, err := fetchTime(ctx, cl, url)
 		if err != nil {
 			return fmt.Errorf("origin fetch run %d: %w", r+1, err)
 		}
-		fetchBusy = append(fetchBusy, cpuBusySince(cpu))
+		fetchBusy = append(fetchBusy, cpu.Stop().Busy)
 		if sent := org.sent.Load() - before; sent != o.size {
 			return fmt.Errorf("origin fetch run %d: the origin sent %d bytes for a %d-byte file", r+1, sent, o.size)
 		}
@@ -236,12 +236,12 @@ func run(o options) error {
 					return fmt.Errorf("dropping the page cache: %w", err)
 				}
 			}
-			cpu := readCPU()
+			cpu := harness.StartCPU()
 			d, err = readAll(count, fg.readers, fg.oursFn, o.pieceSize)
 			if err != nil {
 				return fmt.Errorf("%s: %w", fg.name, err)
 			}
-			fg.busy = append(fg.busy, cpuBusySince(cpu))
+			fg.busy = append(fg.busy, cpu.Stop().Busy)
 			fg.ours = append(fg.ours, mibs(o.size, d))
 			fmt.Fprintf(os.Stderr, "%s run %d: disk %.0f MiB/s, member %.0f MiB/s\n", fg.name, r+1, fg.base[r], fg.ours[r])
 		}
@@ -464,45 +464,19 @@ func drain(r io.Reader, buf []byte, want int64) error {
 
 func mibs(size int64, d time.Duration) float64 { return float64(size) / (1 << 20) / d.Seconds() }
 
-// readCPU returns the busy and total jiffies of the host from /proc/stat.
-func readCPU() [2]float64 {
-	p, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return [2]float64{}
-	}
-	f := strings.Fields(strings.SplitN(string(p), "\n", 2)[0])
-	var total, idle float64
-	for i, s := range f[1:] {
-		v, _ := strconv.ParseFloat(s, 64)
-		total += v
-		if i == 3 || i == 4 { // idle, iowait
-			idle += v
-		}
-	}
-	return [2]float64{total - idle, total}
-}
-
-func cpuBusySince(start [2]float64) float64 {
-	now := readCPU()
-	if now[1] <= start[1] {
-		return 0
-	}
-	return (now[0] - start[0]) / (now[1] - start[1])
-}
-
 func cpuBound(busy []float64) string {
 	for _, b := range busy {
-		if b >= 0.9 {
+		if b >= harness.CPUBoundAt {
 			return "; **CPU-bound** (host CPU busy >= 90%)"
 		}
 	}
 	return ""
 }
 
+// medianSpread is harness.Of as three numbers, for the table.
 func medianSpread(v []float64) (med, lo, hi float64) {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2], s[0], s[len(s)-1]
+	st := harness.Of(v...)
+	return st.Median, st.Min, st.Max
 }
 
 func floats(v []float64) string {
