@@ -42,8 +42,9 @@ type options struct {
 	runs, nativeRuns int
 	peerTimeout      time.Duration
 
-	singleMiB  float64
-	singleRuns int
+	singleMiB      float64
+	singleRuns     int
+	singlePieceKiB int
 
 	rrDuration time.Duration
 
@@ -81,7 +82,8 @@ func main() {
 	fs.IntVar(&o.runs, "runs", 3, "runs of each P2P peer count (and of single)")
 	fs.IntVar(&o.nativeRuns, "native-runs", 1, "runs of each native client count (the capped origin makes them long and steady)")
 	fs.DurationVar(&o.peerTimeout, "peer-timeout", 5*time.Minute, "a dfget still running after this long is killed and counted as failed")
-	fs.Float64Var(&o.singleMiB, "single-mib", 64, "file size in MiB of the single figure (uncapped)")
+	fs.Float64Var(&o.singleMiB, "single-mib", 256, "file size in MiB of the single figure (uncapped)")
+	fs.IntVar(&o.singlePieceKiB, "single-piece-kib", 4096, "members' --piece-size in KiB for the single figure (4 MiB: the supernode's own rule for such files)")
 	fs.IntVar(&o.singleRuns, "single-runs", 3, "runs of the single figure")
 	fs.DurationVar(&o.rrDuration, "raft-reports-duration", 10*time.Second, "length of each raft-reports run at dfget's batch size")
 	fs.IntVar(&o.foPeers, "failover-peers", 20, "peers of each failover distribution")

@@ -17,7 +17,8 @@ func single(ctx context.Context, o options, rep *report) error {
 	if err != nil {
 		return fmt.Errorf("the single figure needs curl: %w", err)
 	}
-	e, err := startEnv(ctx, o, o.supernodeFlags(o.pieceSize())...)
+	pieceSize := int64(o.singlePieceKiB) * harness.KiB
+	e, err := startEnv(ctx, o, o.supernodeFlags(pieceSize)...)
 	if err != nil {
 		return err
 	}
@@ -40,12 +41,12 @@ func single(ctx context.Context, o options, rep *report) error {
 		if err != nil {
 			return err
 		}
-		cold, err := harness.Distribute(ctx, e.cluster, d, f, o.pieceSize(), 1)
+		cold, err := harness.Distribute(ctx, e.cluster, d, f, pieceSize, 1)
 		if err != nil {
 			return err
 		}
 		checkDistribution(o, rep, fmt.Sprintf("single cold run %d", r+1), cold, true)
-		warm, err := harness.Distribute(ctx, e.cluster, d, f, o.pieceSize(), 1)
+		warm, err := harness.Distribute(ctx, e.cluster, d, f, pieceSize, 1)
 		if err != nil {
 			return err
 		}
