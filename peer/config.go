@@ -35,7 +35,7 @@ const (
 	DefaultPeerAddr          = "0.0.0.0:0"
 	DefaultWorkers           = 4
 	DefaultUploadSlots       = 8
-	DefaultHeartbeatInterval = 2 * time.Second
+	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultReportInterval    = 200 * time.Millisecond
 	DefaultReportLazy        = time.Second
 	DefaultReportBatch       = 16
@@ -71,7 +71,7 @@ type Config struct {
 	UploadSlots int
 	// Workers is the number of pieces fetched at once per download (default 4).
 	Workers int
-	// HeartbeatInterval is the time between heartbeats (default 2s; the cluster expires a
+	// HeartbeatInterval is the time between heartbeats (default 5s; the cluster expires a
 	// peer after about 15s without one).
 	HeartbeatInterval time.Duration
 	// ReportInterval is how long a piece fetched from a member (one no peer could serve)

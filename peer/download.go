@@ -26,7 +26,7 @@ import (
 
 // Bounds of the download loop.
 const (
-	minBackoff = 50 * time.Millisecond
+	minBackoff = 250 * time.Millisecond
 	maxBackoff = time.Second
 	// maxScheduleErrors is how many scheduling calls in a row may fail (each after the
 	// sdk's own retries over every member, ~20s) before the download gives up.
@@ -37,6 +37,9 @@ const (
 	// delivering it (every source busy, without it, refusing, dead or corrupt) before the
 	// download fails. With the backoff below, that is about 20 s of trying.
 	maxPieceRounds = 10
+	// busyPause is how long a worker waits after every peer source of a piece answered
+	// busy before the piece is queued again.
+	busyPause = 200 * time.Millisecond
 )
 
 // Backoff of a piece that no source delivered: it is not fetched again before
@@ -44,6 +47,9 @@ const (
 var (
 	pieceBackoffMin = 100 * time.Millisecond
 	pieceBackoffMax = 4 * time.Second
+	// memberWait is how long a piece whose peer sources are busy waits for them before a
+	// member may serve it.
+	memberWait = 1 * time.Second
 )
 
 var (
@@ -395,6 +401,9 @@ type job struct {
 	size    int64
 	digest  [sha256.Size]byte
 	sources []api.PieceSource
+	// busySince is when a peer source of this piece first answered busy (zero: never).
+	// Members serve the piece only once memberWait has passed since (see fetchPiece).
+	busySince time.Time
 }
 
 // outcome is what a worker made of a job.
@@ -407,67 +416,106 @@ type outcome struct {
 	newGen    bool            // a member refused the generation
 	last      error           // why the last source tried failed
 	cancelled bool            // the download's context ended meanwhile
+	busy      bool            // peers hold it but were busy: fetch it again soon, not from a member
+	job       job             // the job, when busy
 	err       error           // a local failure: the download stops
 }
 
-// fetchPiece tries the job's sources in order until one delivers a verified piece.
+// fetchPiece tries the job's peer sources, then its member sources, until one delivers a
+// verified piece. Members are uncapped and would always look better than peers capped like
+// this one, so a member serves the piece only when no peer source can: none is listed, or
+// every one is dead, missing or corrupt. When a peer source was merely busy (503), the
+// piece is tried again from peers shortly after (outcome.busy: the coordinator queues it
+// again, with fresher sources when an answer brings them), and members are tried only once
+// memberWait has passed since a peer first answered busy for it.
 func (d *download) fetchPiece(ctx context.Context, j job, buf *[]byte) outcome {
 	o := outcome{n: j.n}
-	for _, src := range j.sources {
-		if src.ID == d.p.id || src.Addr == "" || d.black.has(src.ID) {
-			continue
+	peerBusy := false
+	for pass := 0; pass < 2; pass++ {
+		wantKind := api.SourcePeer
+		if pass == 1 {
+			wantKind = api.SourceMember
+			if peerBusy && (j.busySince.IsZero() || time.Since(j.busySince) < memberWait) {
+				if j.busySince.IsZero() {
+					j.busySince = time.Now()
+				}
+				// Not a failed round: wait a moment (others finish their pieces) and let
+				// the coordinator queue it again.
+				t := time.NewTimer(busyPause)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					o.cancelled = true
+					return o
+				}
+				o.busy, o.job = true, j
+				return o
+			}
 		}
-		var w io.Writer
-		var mem *memWriter
-		if d.stream {
-			mem = &memWriter{p: (*buf)[:0]}
-			w = mem
-		} else {
-			w = io.NewOffsetWriter(d.file, int64(j.n)*d.pieceSize)
-		}
-		url := pieceURL(src, d.taskID, j.n, d.gen, d.p.id)
-		err := d.p.fetcher.fetch(ctx, url, j.size, j.digest, w, &d.received)
-		if err == nil {
-			o.ok, o.src = true, src
+		for _, src := range j.sources {
+			if (src.Kind == api.SourceMember) != (wantKind == api.SourceMember) {
+				continue
+			}
+			if src.ID == d.p.id || src.Addr == "" || d.black.has(src.ID) {
+				continue
+			}
+			var w io.Writer
+			var mem *memWriter
+			if d.stream {
+				mem = &memWriter{p: (*buf)[:0]}
+				w = mem
+			} else {
+				w = io.NewOffsetWriter(d.file, int64(j.n)*d.pieceSize)
+			}
+			url := pieceURL(src, d.taskID, j.n, d.gen, d.p.id)
+			err := d.p.fetcher.fetch(ctx, url, j.size, j.digest, w, &d.received)
+			if err == nil {
+				o.ok, o.src = true, src
+				if mem != nil {
+					o.data = mem.p
+					*buf = nil // handed over: the next piece gets a new buffer
+				}
+				return o
+			}
 			if mem != nil {
-				o.data = mem.p
-				*buf = nil // handed over: the next piece gets a new buffer
+				*buf = mem.p
 			}
-			return o
-		}
-		if mem != nil {
-			*buf = mem.p
-		}
-		if ctx.Err() != nil {
-			o.cancelled = true
-			return o
-		}
-		var fe *fetchError
-		if !errors.As(err, &fe) {
-			o.err = fmt.Errorf("writing piece %d: %w", j.n, err)
-			return o
-		}
-		o.last = fmt.Errorf("%s %s: %w", src.Kind, src.ID, err)
-		d.log.Debug("source failed", zap.Uint32("piece", j.n), zap.String("source", src.ID),
-			zap.String("kind", src.Kind), zap.Error(err))
-		switch fe.kind {
-		case failCorrupt:
-			// The only failure the cluster hears of: it blacklists the source for the
-			// whole task, for every peer.
-			d.black.add(src.ID, true)
-			o.failures = append(o.failures, failure{src.ID, err.Error()})
-		case failDead:
-			// Perhaps only a passing fault (a restart, a reset connection, an overloaded
-			// peer): avoided by this download for a while, not reported.
-			d.black.add(src.ID, false)
-		case failMissing:
-			if src.Kind == api.SourcePeer {
-				// A peer without a piece the piece map says it has: its entry is stale.
+			if ctx.Err() != nil {
+				o.cancelled = true
+				return o
+			}
+			var fe *fetchError
+			if !errors.As(err, &fe) {
+				o.err = fmt.Errorf("writing piece %d: %w", j.n, err)
+				return o
+			}
+			o.last = fmt.Errorf("%s %s: %w", src.Kind, src.ID, err)
+			d.log.Debug("source failed", zap.Uint32("piece", j.n), zap.String("source", src.ID),
+				zap.String("kind", src.Kind), zap.Error(err))
+			switch fe.kind {
+			case failBusy:
+				if src.Kind == api.SourcePeer {
+					peerBusy = true
+				}
+			case failCorrupt:
+				// The only failure the cluster hears of: it blacklists the source for the
+				// whole task, for every peer.
+				d.black.add(src.ID, true)
+				o.failures = append(o.failures, failure{src.ID, err.Error()})
+			case failDead:
+				// Perhaps only a passing fault (a restart, a reset connection, an overloaded
+				// peer): avoided by this download for a while, not reported.
 				d.black.add(src.ID, false)
+			case failMissing:
+				if src.Kind == api.SourcePeer {
+					// A peer without a piece the piece map says it has: its entry is stale.
+					d.black.add(src.ID, false)
+				}
+			case failGeneration:
+				o.newGen = true
+				return o
 			}
-		case failGeneration:
-			o.newGen = true
-			return o
 		}
 	}
 	return o

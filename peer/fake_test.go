@@ -53,6 +53,8 @@ type fakeCluster struct {
 	schedules, maxLimit int
 	// dataAsked counts the requests for each piece's data.
 	dataAsked map[int]int
+	// peerAddr, when set, is listed as a peer source ahead of the member for every piece.
+	peerAddr string
 }
 
 func newFakeCluster(t *testing.T, pieceSize int64, data []byte) *fakeCluster {
@@ -215,6 +217,10 @@ func (f *fakeCluster) scheduleOf(limit int, from int64, stale bool) api.Schedule
 		p := data[n*f.pieceSize : min((n+1)*f.pieceSize, int64(len(data)))]
 		s.Pieces = append(s.Pieces, api.ScheduledPiece{N: uint32(n), Size: int64(len(p)), Digest: peertest.SHA256(p),
 			Sources: []api.PieceSource{{Kind: api.SourceMember, ID: "fake", Addr: f.addr()}}})
+		if f.peerAddr != "" {
+			last := &s.Pieces[len(s.Pieces)-1]
+			last.Sources = append([]api.PieceSource{{Kind: api.SourcePeer, ID: "other-peer", Addr: f.peerAddr}}, last.Sources...)
+		}
 	}
 	s.Done = len(f.held) >= int(count)
 	return s

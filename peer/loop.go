@@ -95,7 +95,8 @@ func (d *download) runGeneration(ctx context.Context) error {
 	defer timer.Stop()
 	for d.held < d.count {
 		now := time.Now()
-		if !l.asking && (l.force || (!now.Before(l.retryAt) && l.needWork())) {
+		due := l.nextAsk()
+		if !l.asking && (l.force || (!now.Before(due) && l.needWork())) {
 			l.asking, l.force = true, false
 			q := d.query(l, window)
 			go func() {
@@ -109,8 +110,8 @@ func (d *download) runGeneration(ctx context.Context) error {
 			jobc, next = jobs, l.queue[0]
 		}
 		var timerc <-chan time.Time
-		if !l.asking && l.retryAt.After(now) {
-			timer.Reset(l.retryAt.Sub(now))
+		if !l.asking && due.After(now) {
+			timer.Reset(due.Sub(now))
 			timerc = timer.C
 		}
 		var written <-chan struct{}
@@ -207,6 +208,9 @@ type loop struct {
 	errs     int  // scheduling calls failed in a row
 	starved  bool // the last answer brought no new piece
 	resets   int  // answers that said Done while pieces were missing
+	// idleAt: after a short answer that brought pieces (they trickle in from the origin),
+	// a peer with nothing left to fetch may ask again from then on, before retryAt.
+	idleAt time.Time
 	// Pieces no source delivered: the rounds that failed, and when the piece may be
 	// fetched again (exponential backoff per piece).
 	tries map[uint32]int
@@ -257,7 +261,15 @@ func (l *loop) needWork() bool {
 		}
 		return false
 	}
-	return len(l.queue) < l.d.p.cfg.Workers && l.d.held+len(l.inflight)+len(l.queue) < l.d.count
+	// Pieces queued again because their peers were busy do not count: an answer may bring
+	// other pieces, and more holders for them (see refresh).
+	fresh := 0
+	for _, j := range l.queue {
+		if j.busySince.IsZero() {
+			fresh++
+		}
+	}
+	return fresh < l.d.p.cfg.Workers && l.d.held+len(l.inflight)+fresh < l.d.count
 }
 
 // answer takes a scheduling answer, or backs off after a failed call.
@@ -302,6 +314,9 @@ func (l *loop) take(ctx context.Context, s *api.Schedule) error {
 	now := time.Now()
 	added := 0
 	for _, p := range s.Pieces {
+		if l.queued[p.N] && len(p.Sources) > 0 {
+			l.refresh(p)
+		}
 		if int64(p.N) >= int64(d.count) || d.have[p.N] || l.inflight[p.N] || l.queued[p.N] {
 			continue
 		}
@@ -324,10 +339,20 @@ func (l *loop) take(ctx context.Context, s *api.Schedule) error {
 	d.asks++
 	d.log.Debug("scheduled", zap.Int("pieces", len(s.Pieces)), zap.Int("new", added), zap.String("status", s.Status),
 		zap.Bool("done", s.Done), zap.Int("held", d.held), zap.Int("in_flight", len(l.inflight)))
+	// An answer with less than one new piece per worker shows the cluster has little to
+	// give now (pieces still coming from the origin, or held back for other peers to bring
+	// into the swarm): the next call waits, backing off as after an empty one. Only an
+	// answer that keeps every worker busy lets the next call go as soon as one is needed.
 	l.starved = added == 0
 	if added == 0 {
 		d.emptyAsks++
+	}
+	l.idleAt = time.Time{}
+	if added < d.p.cfg.Workers {
 		l.later()
+		if added > 0 {
+			l.idleAt = now.Add(minBackoff)
+		}
 	} else {
 		l.backoff, l.retryAt = minBackoff, time.Time{}
 	}
@@ -353,6 +378,28 @@ func (l *loop) wronglyDone(ctx context.Context) error {
 	}
 	l.force = true
 	return nil
+}
+
+// refresh gives a queued piece that peers were busy for the sources of a newer answer
+// (more peers may hold it by now).
+func (l *loop) refresh(p api.ScheduledPiece) {
+	for i := range l.queue {
+		if j := &l.queue[i]; j.n == p.N && !j.busySince.IsZero() && p.Size == j.size {
+			if digest, ok := parseDigest(p.Digest); ok && digest == j.digest {
+				j.sources = p.Sources
+			}
+			return
+		}
+	}
+}
+
+// nextAsk is when the next scheduling call may go: retryAt, or idleAt when this peer has
+// nothing in flight nor queued.
+func (l *loop) nextAsk() time.Time {
+	if !l.idleAt.IsZero() && l.idleAt.Before(l.retryAt) && len(l.inflight) == 0 && len(l.queue) == 0 {
+		return l.idleAt
+	}
+	return l.retryAt
 }
 
 // later delays the next scheduling call, doubling the delay up to maxBackoff.
@@ -403,6 +450,13 @@ func (l *loop) done(o outcome) error {
 	}
 	if o.newGen {
 		l.force = true
+	}
+	if o.busy {
+		// Peers hold it but were busy: queue it again (behind the others), not a failed
+		// round; members serve it only after memberWait (fetchPiece).
+		l.queue = append(l.queue, o.job)
+		l.queued[o.n] = true
+		return nil
 	}
 	if !o.ok {
 		if o.cancelled {

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -329,4 +332,58 @@ func TestNothingRegistersThePeerAgainAfterClose(t *testing.T) {
 	if n := f.count("DELETE /peers/{id}"); n != 1 {
 		t.Fatalf("%d DELETE /peers, want Close's only", n)
 	}
+}
+
+// A member serves a piece whose peer sources are busy only after memberWait; a dead peer
+// source sends the piece to the member at once.
+func TestBusyPeersAreWaitedForBeforeAMember(t *testing.T) {
+	const pieceSize = 1 << 10
+	data := peertest.RandomBytes(43, 4*pieceSize)
+	old := memberWait
+	t.Cleanup(func() { memberWait = old })
+
+	t.Run("busy", func(t *testing.T) {
+		memberWait = 600 * time.Millisecond
+		var asked atomic.Int64
+		busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			asked.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}))
+		defer busy.Close()
+		f := newFakeCluster(t, pieceSize, data)
+		f.peerAddr = strings.TrimPrefix(busy.URL, "http://")
+		p := startFakePeer(t, f, nil)
+		out := filepath.Join(t.TempDir(), "out")
+		start := time.Now()
+		res, err := p.Download(testCtx(t, 20*time.Second), Request{URL: fakeURL, Output: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkOutput(t, out, data)
+		if el := time.Since(start); el < memberWait || res.PiecesFromSupernodes != 4 || asked.Load() < 8 {
+			t.Fatalf("done in %v from %d member pieces, busy peer asked %d times; want the peer retried for %v first",
+				el, res.PiecesFromSupernodes, asked.Load(), memberWait)
+		}
+	})
+	t.Run("dead", func(t *testing.T) {
+		memberWait = 10 * time.Second
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		f := newFakeCluster(t, pieceSize, data)
+		f.peerAddr = addr
+		p := startFakePeer(t, f, nil)
+		out := filepath.Join(t.TempDir(), "out")
+		start := time.Now()
+		if _, err := p.Download(testCtx(t, 20*time.Second), Request{URL: fakeURL, Output: out}); err != nil {
+			t.Fatal(err)
+		}
+		checkOutput(t, out, data)
+		if el := time.Since(start); el > 3*time.Second {
+			t.Fatalf("done in %v: a dead peer source must not hold a piece back from the member", el)
+		}
+	})
 }

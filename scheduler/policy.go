@@ -74,7 +74,10 @@ type Policy struct {
 	ScanPieces int
 	// PeerSources and MemberSources bound the sources listed per piece (defaults 4 and 2).
 	PeerSources, MemberSources int
-	// MinSlots, MaxSlots bound the upload slots advised to a peer (defaults 2 and 16).
+	// MinSlots, MaxSlots bound the upload slots advised to a peer (defaults 4 and 16).
+	// A downloader fetches a few pieces at once (dfget: 4 workers) sharing its own rate, so
+	// one transfer gets about a quarter of it: an uploader capped like its downloaders needs
+	// about 4 transfers at once to send at its full rate.
 	MinSlots, MaxSlots int
 }
 
@@ -97,7 +100,7 @@ func (p Policy) withDefaults() Policy {
 		p.MemberSources = 2
 	}
 	if p.MinSlots <= 0 {
-		p.MinSlots = 2
+		p.MinSlots = 4
 	}
 	if p.MaxSlots < p.MinSlots {
 		p.MaxSlots = max(16, p.MinSlots)
@@ -213,7 +216,13 @@ func (p Policy) Schedule(v View, live Live, req Request) Plan {
 	}
 	// Pieces only members have go to many peers a few at a time, so that they enter the
 	// swarm in parallel and spread from there, rather than all through the first asker.
+	// Once a swarm exists (other peers hold pieces), one such piece per answer: each asker
+	// then brings a different piece in and serves it, rather than one peer holding many
+	// pieces nobody else has and every other peer queueing at its upload slots.
 	memberOnly, maxMemberOnly := 0, max(2, limit/4)
+	if len(sample) > 0 {
+		maxMemberOnly = 1
+	}
 	if !stream {
 		cands = slices.DeleteFunc(cands, func(c candidate) bool {
 			if len(c.holders) > 0 {

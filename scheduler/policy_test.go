@@ -285,15 +285,25 @@ func TestWorkPerCallIsBounded(t *testing.T) {
 	if task.digestRead > 2*1000+256 {
 		t.Fatalf("%d digest reads for one call, want about ScanPieces", task.digestRead)
 	}
-	memberOnly := 0
+	if n := countMemberOnly(plan); n != 1 || len(plan.Schedule.Pieces) > 256 {
+		t.Fatalf("%d pieces planned, %d of them from members only; want at most 256, 1 from members only (a swarm exists)", len(plan.Schedule.Pieces), n)
+	}
+	// Without a swarm (no other peer holds anything) a quarter of the limit.
+	alone := &fakeTask{count: count, known: count, cachedBy: members, holders: map[string]pieces{"asker": {}}}
+	plan = p.Schedule(alone, fakeLive{}, Request{PeerID: "asker", Limit: 256})
+	if n := countMemberOnly(plan); n != 256/4 {
+		t.Fatalf("%d pieces from members only without a swarm, want 64", n)
+	}
+}
+
+func countMemberOnly(plan Plan) int {
+	n := 0
 	for _, only := range plan.MemberOnly {
 		if only {
-			memberOnly++
+			n++
 		}
 	}
-	if memberOnly != 256/4 || len(plan.Schedule.Pieces) > 256 {
-		t.Fatalf("%d pieces planned, %d of them from members only; want at most 256, 64 from members only", len(plan.Schedule.Pieces), memberOnly)
-	}
+	return n
 }
 
 func TestUploadSlotsFollowLoad(t *testing.T) {
@@ -302,7 +312,7 @@ func TestUploadSlotsFollowLoad(t *testing.T) {
 		load    int
 		seeding bool
 		want    int
-	}{{0, false, 2}, {3, false, 4}, {20, false, 8}, {20, true, 16}, {5, true, 6}} {
+	}{{0, false, 4}, {3, false, 4}, {4, false, 5}, {20, false, 8}, {20, true, 16}, {5, true, 6}} {
 		if got := p.UploadSlots(c.load, c.seeding); got != c.want {
 			t.Errorf("UploadSlots(%d, %v) = %d, want %d", c.load, c.seeding, got, c.want)
 		}
