@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-full}
 res=bench/results
 mkdir -p "$res" bin
-go build -o bin/ ./bench/cmd/corebench ./bench/cmd/p2pbench ./bench/cmd/benchreport ./bench/cmd/demo || exit 1
+go build -o bin/ ./bench/cmd/corebench ./bench/cmd/cdnbench ./bench/cmd/p2pbench ./bench/cmd/benchreport ./bench/cmd/demo || exit 1
 status=0
 step() { echo "== $*" >&2; "$@" || { echo "bench: FAILED: $*" >&2; status=1; }; }
 # The figures with dfget need bin/dfget (make build); without it they fail, the rest runs.
@@ -28,20 +28,14 @@ case "$mode" in
     step ./bin/corebench --runs 3 --kills 5 --duration 10s --out "$res/core.md"
     go test -run '^$' -bench 'Snapshot10k|ApplyPieceReports|Persist10k' -benchtime 5x ./fsm/ > "$res/fsm.txt" || status=1
     cat "$res/fsm.txt"
-    # cdn: cdnbench (the CDN benchmarks own these lines)
-    if [ -d bench/cmd/cdnbench ]; then
-      go build -o bin/ ./bench/cmd/cdnbench && step ./bin/cdnbench --out "$res/cdn.md"
-    fi
+    step ./bin/cdnbench --out "$res/cdn.md"
     dfget ./bin/p2pbench --out "$res/p2p.md" --plot "$res/scale.png"
     ./bin/benchreport --out "$res/latest.md" "$res/p2p.md" "$res/core.md" "$res/cdn.md" > /dev/null
     echo "bench: results in $res/latest.md" >&2
     ;;
   quick)
     step ./bin/corebench --runs 1 --kills 2 --duration 3s --out "$res/core-quick.md"
-    # cdn: cdnbench, a small run (the CDN benchmarks own these lines)
-    if [ -d bench/cmd/cdnbench ]; then
-      go build -o bin/ ./bench/cmd/cdnbench && step ./bin/cdnbench --size 32MiB --runs 1 --out "$res/cdn-quick.md"
-    fi
+    step ./bin/cdnbench --size 32MiB --runs 1 --out "$res/cdn-quick.md"
     dfget ./bin/p2pbench --figures scale,single --p2p-n 1,5,10 --native-n 1,5 --egress-n 1,10 \
       --runs 1 --native-runs 1 --file-mib 4 --rate-mibps 4 --single-mib 16 --single-runs 1 \
       --max-egress 1.05 --peer-timeout 1m --out "$res/p2p-quick.md"
